@@ -1,0 +1,26 @@
+"""nat: Neighborhood Attention Transformers (NAT, DiNAT) and fast neighborhood attention."""
+
+from .nn import NeighborhoodAttention1D, NeighborhoodAttention2D, NeighborhoodAttention3D
+from .ops import (
+    available_backends,
+    na1d,
+    na2d,
+    na3d,
+    neighborhood_attention,
+    use_backend,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "NeighborhoodAttention1D",
+    "NeighborhoodAttention2D",
+    "NeighborhoodAttention3D",
+    "__version__",
+    "available_backends",
+    "na1d",
+    "na2d",
+    "na3d",
+    "neighborhood_attention",
+    "use_backend",
+]

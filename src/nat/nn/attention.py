@@ -1,0 +1,131 @@
+"""Neighborhood attention layers: ``NeighborhoodAttention1D/2D/3D``.
+
+Parameter names (``qkv``, ``rpb``, ``proj``) and the small-input padding rule follow NATTEN 0.14,
+so NAT/DiNAT checkpoints and NATTEN 0.14 module state dicts load unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..ops import spec
+from ..ops.dispatch import na_op
+from ..ops.torch_backend import na_unfused
+
+__all__ = ["NeighborhoodAttention1D", "NeighborhoodAttention2D", "NeighborhoodAttention3D"]
+
+
+class _NeighborhoodAttention(nn.Module):
+    ndim: int
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        kernel_size: int | Sequence[int],
+        dilation: int | Sequence[int] = 1,
+        is_causal: bool | Sequence[bool] = False,
+        rel_pos_bias: bool = True,
+        qkv_bias: bool = True,
+        qk_scale: float | None = None,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        stride: int | Sequence[int] = 1,
+        backend: str | None = None,
+    ) -> None:
+        super().__init__()
+        for name, v in (("dim", dim), ("num_heads", num_heads)):
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise TypeError(f"{name}={v!r} must be an integer")
+            if v < 1:
+                raise ValueError(f"{name}={v!r} must be >= 1")
+        if dim % num_heads:
+            raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}")
+        self.dim, self.num_heads = dim, num_heads
+        self.head_dim = dim // num_heads
+        self.scale = qk_scale or self.head_dim**-0.5
+        self.kernel_size = spec.normalize_tuple("kernel_size", kernel_size, self.ndim)
+        self.dilation = spec.normalize_tuple("dilation", dilation, self.ndim)
+        self.stride = spec.normalize_tuple("stride", stride, self.ndim)
+        self.is_causal = spec.normalize_tuple("is_causal", is_causal, self.ndim, kind=bool)
+        # Validate the window once against the smallest input it can run on (the padded one).
+        spec.check_window_args(
+            tuple(k * d for k, d in zip(self.kernel_size, self.dilation, strict=True)),
+            self.kernel_size, self.stride, self.dilation, self.is_causal,
+        )
+        self.backend = backend
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        if rel_pos_bias:
+            if any(k % 2 == 0 for k in self.kernel_size) or any(s != 1 for s in self.stride) or any(
+                self.is_causal
+            ):
+                raise ValueError(
+                    f"rel_pos_bias=True needs odd kernels, stride 1 and no causal masking; got "
+                    f"kernel_size={self.kernel_size}, stride={self.stride}, "
+                    f"is_causal={self.is_causal}"
+                )
+            self.rpb = nn.Parameter(
+                torch.zeros(num_heads, *(2 * k - 1 for k in self.kernel_size))
+            )
+            nn.init.trunc_normal_(self.rpb, std=0.02, a=-2.0, b=2.0)
+        else:
+            self.register_parameter("rpb", None)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self._params = spec.NAParams(
+            self.kernel_size, self.stride, self.dilation, self.is_causal, self.scale
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, *spatial, dim]`` -> ``[B, *spatial, dim]``."""
+        if x.dim() != self.ndim + 2 or x.shape[-1] != self.dim:
+            raise ValueError(
+                f"input has shape {tuple(x.shape)}; expected channels-last "
+                f"[batch, {self.ndim} spatial axes, dim={self.dim}]"
+            )
+        spatial = x.shape[1:-1]
+        window = [k * d for k, d in zip(self.kernel_size, self.dilation, strict=True)]
+        pad = [max(0, w - s) for w, s in zip(window, spatial, strict=True)]
+        if any(pad):
+            # F.pad takes (last axis first) pairs; channels come last and are not padded.
+            x = F.pad(x, [0, 0, *(p for axis in reversed(pad) for p in (0, axis))])
+        qkv = self.qkv(x).unflatten(-1, (3, self.num_heads, self.head_dim))
+        q, k, v = qkv.unbind(-3)
+        if self.training and self.attn_drop > 0:
+            out = na_unfused(q, k, v, self.rpb, self._params, self.attn_drop)
+        else:
+            out = na_op(q, k, v, self.rpb, self._params, self.backend)
+        out = out.flatten(-2)
+        if any(pad):
+            out = out[(slice(None), *(slice(0, s) for s in spatial))]
+        return self.proj_drop(self.proj(out))
+
+    def extra_repr(self) -> str:
+        return (
+            f"dim={self.dim}, num_heads={self.num_heads}, kernel_size={self.kernel_size}, "
+            f"dilation={self.dilation}, stride={self.stride}, is_causal={self.is_causal}, "
+            f"rel_pos_bias={self.rpb is not None}"
+        )
+
+
+class NeighborhoodAttention1D(_NeighborhoodAttention):
+    """1-D neighborhood attention: ``[B, L, dim]`` -> ``[B, L, dim]``."""
+
+    ndim = 1
+
+
+class NeighborhoodAttention2D(_NeighborhoodAttention):
+    """2-D neighborhood attention: ``[B, H, W, dim]`` -> ``[B, H, W, dim]``."""
+
+    ndim = 2
+
+
+class NeighborhoodAttention3D(_NeighborhoodAttention):
+    """3-D neighborhood attention: ``[B, T, H, W, dim]`` -> ``[B, T, H, W, dim]``."""
+
+    ndim = 3

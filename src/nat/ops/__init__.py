@@ -1,0 +1,15 @@
+"""The neighborhood attention operator: functional API, backends and their dispatcher."""
+
+from .dispatch import available_backends, default_backend, register_backend, use_backend
+from .functional import na1d, na2d, na3d, neighborhood_attention
+
+__all__ = [
+    "available_backends",
+    "default_backend",
+    "na1d",
+    "na2d",
+    "na3d",
+    "neighborhood_attention",
+    "register_backend",
+    "use_backend",
+]

@@ -1,0 +1,249 @@
+"""Backend choice, operator registration, autograd and FLOP formulas.
+
+The operator is declared once with ``torch.library``: ``nat::na_forward`` and ``nat::na_backward``
+with their fake (shape) functions, the autograd formula joining them, and the FLOP formula, so
+eager mode, ``torch.compile`` and ``FlopCounterMode`` all see the same op. A backend is a pair of
+functions ``forward(q, k, v, rpb, params) -> (out, lse)`` and
+``backward(grad_out, q, k, v, rpb, out, lse, params) -> (dq, dk, dv, drpb)``; new backends (a fused
+CPU kernel, Triton GPU kernels) register themselves with :func:`register_backend`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
+
+import torch
+from torch.utils.flop_counter import register_flop_formula
+
+from . import reference, torch_backend
+from .spec import NAParams
+
+__all__ = [
+    "Backend",
+    "available_backends",
+    "default_backend",
+    "na_flops",
+    "na_op",
+    "register_backend",
+    "resolve_backend",
+    "use_backend",
+]
+
+
+class Backend(NamedTuple):
+    """A neighborhood-attention implementation the dispatcher can route to."""
+
+    forward: Callable
+    backward: Callable
+    devices: tuple[str, ...]
+    is_available: Callable[[], bool]
+    priority: int
+    """Higher wins when the user asks for ``"auto"``."""
+
+
+_BACKENDS: dict[str, Backend] = {}
+_DEFAULT: list[str] = ["auto"]
+
+
+def register_backend(
+    name: str,
+    forward: Callable,
+    backward: Callable,
+    devices: tuple[str, ...],
+    is_available: Callable[[], bool] = lambda: True,
+    priority: int = 0,
+) -> None:
+    """Make ``name`` selectable with ``backend=name`` and candidate for ``"auto"``."""
+    _BACKENDS[name] = Backend(forward, backward, devices, is_available, priority)
+
+
+def available_backends(device: torch.device | str | None = None) -> list[str]:
+    """Names usable on ``device`` (every device when ``None``), best first, then ``reference``."""
+    dev = None if device is None else torch.device(device).type
+    names = sorted(
+        (n for n, b in _BACKENDS.items() if (dev is None or dev in b.devices) and b.is_available()),
+        key=lambda n: -_BACKENDS[n].priority,
+    )
+    return [*names, "reference"]
+
+
+def default_backend() -> str:
+    """The backend used when a call passes ``backend=None``."""
+    return _DEFAULT[-1]
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Route neighborhood attention in this block to ``name`` (``"auto"`` restores the choice)."""
+    _check_backend_name(name)
+    _DEFAULT.append(name)
+    try:
+        yield
+    finally:
+        _DEFAULT.pop()
+
+
+def _check_backend_name(name: object) -> None:
+    valid = ["auto", "reference", *_BACKENDS]
+    if not isinstance(name, str) or name not in valid:
+        raise ValueError(f"backend={name!r} is not one of {valid}")
+
+
+def resolve_backend(name: str | None, device: torch.device) -> str:
+    """The concrete backend for a call: ``name`` checked against ``device``, or the best one."""
+    name = default_backend() if name is None else name
+    _check_backend_name(name)
+    if name == "auto":
+        return available_backends(device)[0]
+    if name != "reference":
+        backend = _BACKENDS[name]
+        if device.type not in backend.devices:
+            raise ValueError(
+                f"backend={name!r} runs on {list(backend.devices)}, but the inputs are on {device}"
+            )
+        if not backend.is_available():
+            raise ValueError(f"backend={name!r} is not available on this machine")
+    return name
+
+
+def _params(kernel_size, stride, dilation, is_causal, scale) -> NAParams:
+    return NAParams(tuple(kernel_size), tuple(stride), tuple(dilation), tuple(is_causal), scale)
+
+
+@torch.library.custom_op("nat::na_forward", mutates_args=())
+def _na_forward(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    rpb: torch.Tensor | None,
+    kernel_size: list[int],
+    stride: list[int],
+    dilation: list[int],
+    is_causal: list[bool],
+    scale: float,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    params = _params(kernel_size, stride, dilation, is_causal, scale)
+    with torch.autocast(query.device.type, enabled=False):
+        return _BACKENDS[backend].forward(query, key, value, rpb, params)
+
+
+@_na_forward.register_fake
+def _na_forward_fake(query, key, value, rpb, kernel_size, stride, dilation, is_causal, scale, backend):
+    n = math.prod(query.shape[1:-2])
+    lse = query.new_empty(
+        (query.shape[0], query.shape[-2], n), dtype=torch.promote_types(query.dtype, torch.float32)
+    )
+    return value.new_empty(value.shape), lse
+
+
+@torch.library.custom_op("nat::na_backward", mutates_args=())
+def _na_backward(
+    grad_out: torch.Tensor,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    rpb: torch.Tensor | None,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    kernel_size: list[int],
+    stride: list[int],
+    dilation: list[int],
+    is_causal: list[bool],
+    scale: float,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    params = _params(kernel_size, stride, dilation, is_causal, scale)
+    with torch.autocast(query.device.type, enabled=False):
+        dq, dk, dv, drpb = _BACKENDS[backend].backward(
+            grad_out, query, key, value, rpb, out, lse, params
+        )
+    # Custom ops cannot return None: an empty tensor stands for "no rpb".
+    return dq, dk, dv, query.new_empty(0) if drpb is None else drpb
+
+
+@_na_backward.register_fake
+def _na_backward_fake(grad_out, query, key, value, rpb, out, lse, *args):
+    drpb = query.new_empty(0) if rpb is None else rpb.new_empty(rpb.shape)
+    return query.new_empty(query.shape), key.new_empty(key.shape), value.new_empty(value.shape), drpb
+
+
+def _setup_context(ctx, inputs, output):
+    query, key, value, rpb, *window = inputs
+    out, lse = output
+    ctx.save_for_backward(query, key, value, rpb, out, lse)
+    ctx.window = window
+    ctx.has_rpb = rpb is not None
+
+
+def _backward(ctx, grad_out, grad_lse):
+    query, key, value, rpb, out, lse = ctx.saved_tensors
+    dq, dk, dv, drpb = _na_backward(grad_out.contiguous(), query, key, value, rpb, out, lse, *ctx.window)
+    return dq, dk, dv, drpb if ctx.has_rpb else None, None, None, None, None, None, None
+
+
+_na_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+def na_flops(query_shape, value_shape, kernel_size) -> int:
+    """The spec's cost: ``2 * B * heads * N * prod(K) * (D + Dv)`` (QK and AV, 2 per MAC)."""
+    batch, heads, dim = query_shape[0], query_shape[-2], query_shape[-1]
+    n = math.prod(query_shape[1:-2])
+    return 2 * batch * heads * n * math.prod(kernel_size) * (dim + value_shape[-1])
+
+
+@register_flop_formula(torch.ops.nat.na_forward)
+def _na_forward_flops(query_shape, key_shape, value_shape, rpb_shape, kernel_size, *args, **kwargs):
+    return na_flops(query_shape, value_shape, kernel_size)
+
+
+@register_flop_formula(torch.ops.nat.na_backward)
+def _na_backward_flops(grad_shape, query_shape, key_shape, value_shape, rpb_shape, out_shape_,
+                       lse_shape, kernel_size, *args, **kwargs):
+    # dP = dO V^T, dV = P^T dO, dQ = dS K, dK = dS^T Q: twice the forward's products.
+    return 2 * na_flops(query_shape, value_shape, kernel_size)
+
+
+def na_op(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    rpb: torch.Tensor | None,
+    params: NAParams,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Run validated inputs through the chosen backend (autocast applied like a matmul)."""
+    device_type = query.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
+        rpb = None if rpb is None else rpb.to(dtype)
+    name = resolve_backend(backend, query.device)
+    if name == "reference":
+        return reference.na_reference(query, key, value, params, rpb)
+    out, _ = _na_forward(
+        query.contiguous(),
+        key.contiguous(),
+        value.contiguous(),
+        None if rpb is None else rpb.contiguous(),
+        list(params.kernel_size),
+        list(params.stride),
+        list(params.dilation),
+        list(params.is_causal),
+        params.scale,
+        name,
+    )
+    return out
+
+
+register_backend(
+    "torch",
+    torch_backend.na_forward,
+    torch_backend.na_backward,
+    devices=("cpu", "cuda", "mps", "xpu"),
+    priority=0,
+)
+

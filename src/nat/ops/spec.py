@@ -1,0 +1,291 @@
+"""Argument normalisation, validation and window geometry: the one source of truth.
+
+Every backend receives arguments checked here and neighbour tables computed here, so the window
+rule of ``docs/neighborhood-attention.md`` (dilation groups, inward-shifted borders, even kernels,
+stride, causal masking, RPB indexing) is written exactly once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+__all__ = [
+    "NAParams",
+    "axis_window",
+    "check_na_args",
+    "check_window_args",
+    "neighbor_table",
+    "normalize_tuple",
+]
+
+_FLOAT_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+_AXIS_NAMES = {1: ("length",), 2: ("height", "width"), 3: ("depth", "height", "width")}
+
+
+@dataclass(frozen=True)
+class NAParams:
+    """Validated window arguments, one entry per spatial axis."""
+
+    kernel_size: tuple[int, ...]
+    stride: tuple[int, ...]
+    dilation: tuple[int, ...]
+    is_causal: tuple[bool, ...]
+    scale: float
+
+    @property
+    def ndim(self) -> int:
+        return len(self.kernel_size)
+
+    @property
+    def window(self) -> int:
+        """Neighbours per query: ``prod(kernel_size)``."""
+        return math.prod(self.kernel_size)
+
+
+def normalize_tuple(name: str, value: object, ndim: int, kind: type = int) -> tuple:
+    """``value`` as a tuple of ``ndim`` entries of ``kind`` (int or bool), or a precise error."""
+
+    def check_one(v: object) -> object:
+        if kind is bool:
+            if isinstance(v, bool):
+                return v
+            raise TypeError(f"{name}={value!r} must be a bool or a tuple of {ndim} bools")
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise TypeError(
+                f"{name}={value!r} must be an integer or a tuple of {ndim} integers, "
+                f"got an element of type {type(v).__name__}"
+            )
+        return int(v)
+
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        if len(value) != ndim:
+            raise ValueError(
+                f"{name}={tuple(value)!r} has {len(value)} entries; expected {ndim} "
+                f"(one per spatial axis) or a single value"
+            )
+        return tuple(check_one(v) for v in value)
+    return (check_one(value),) * ndim
+
+
+def _check_tensors(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    ndim: int,
+) -> None:
+    for name, t in (("query", query), ("key", key), ("value", value)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != ndim + 3:
+            raise ValueError(
+                f"{name} has shape {tuple(t.shape)} (rank {t.dim()}); {ndim}-D neighborhood "
+                f"attention expects rank {ndim + 3}: [batch, {', '.join(_AXIS_NAMES[ndim])}, "
+                f"heads, head_dim]"
+            )
+        if t.dtype not in _FLOAT_DTYPES:
+            raise TypeError(
+                f"{name} has dtype {t.dtype}; expected one of float64, float32, float16, bfloat16"
+            )
+    for name, t in (("key", key), ("value", value)):
+        if t.dtype != query.dtype:
+            raise ValueError(f"{name} has dtype {t.dtype} but query has {query.dtype}; they must match")
+        if t.device != query.device:
+            raise ValueError(
+                f"{name} is on {t.device} but query is on {query.device}; they must match"
+            )
+    if key.shape != query.shape:
+        raise ValueError(
+            f"key has shape {tuple(key.shape)} but query has {tuple(query.shape)}; they must match"
+        )
+    if value.shape[:-1] != query.shape[:-1]:
+        raise ValueError(
+            f"value has shape {tuple(value.shape)}; all but its last axis (head_dim) must match "
+            f"query's {tuple(query.shape)}"
+        )
+    if query.shape[-1] == 0 or value.shape[-1] == 0:
+        raise ValueError(f"head_dim must be positive: query {tuple(query.shape)}, value {tuple(value.shape)}")
+
+
+def _check_rpb(rpb: torch.Tensor, query: torch.Tensor, params: NAParams) -> None:
+    if not isinstance(rpb, torch.Tensor):
+        raise TypeError(f"rpb must be a torch.Tensor or None, got {type(rpb).__name__}")
+    if any(k % 2 == 0 for k in params.kernel_size):
+        raise ValueError(
+            f"rpb is only defined for odd kernel sizes; got kernel_size={params.kernel_size}"
+        )
+    if any(s != 1 for s in params.stride):
+        raise ValueError(f"rpb is only defined for stride 1; got stride={params.stride}")
+    if any(params.is_causal):
+        raise ValueError(f"rpb is not defined with causal masking; got is_causal={params.is_causal}")
+    heads = query.shape[-2]
+    expected = (heads, *(2 * k - 1 for k in params.kernel_size))
+    if tuple(rpb.shape) != expected:
+        raise ValueError(
+            f"rpb has shape {tuple(rpb.shape)}; expected {expected} = "
+            f"[heads, *(2 * kernel_size - 1)] for {heads} heads and kernel_size={params.kernel_size}"
+        )
+    if rpb.dtype != query.dtype:
+        raise ValueError(f"rpb has dtype {rpb.dtype} but query has {query.dtype}; they must match")
+    if rpb.device != query.device:
+        raise ValueError(f"rpb is on {rpb.device} but query is on {query.device}; they must match")
+
+
+def check_na_args(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    ndim: int,
+    kernel_size: int | Sequence[int],
+    stride: int | Sequence[int] = 1,
+    dilation: int | Sequence[int] = 1,
+    is_causal: bool | Sequence[bool] = False,
+    scale: float | None = None,
+    rpb: torch.Tensor | None = None,
+) -> NAParams:
+    """Validate a call of ``na{ndim}d`` and return its normalised window arguments."""
+    _check_tensors(query, key, value, ndim)
+    params = check_window_args(
+        tuple(query.shape[1 : 1 + ndim]), kernel_size, stride, dilation, is_causal
+    )
+    if scale is None:
+        scale = query.shape[-1] ** -0.5
+    elif isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise TypeError(f"scale={scale!r} must be a float or None")
+    elif not math.isfinite(scale):
+        raise ValueError(f"scale={scale!r} must be finite")
+    params = dataclasses.replace(params, scale=float(scale))
+    if rpb is not None:
+        _check_rpb(rpb, query, params)
+    return params
+
+
+def check_window_args(
+    spatial: tuple[int, ...],
+    kernel_size: int | Sequence[int],
+    stride: int | Sequence[int] = 1,
+    dilation: int | Sequence[int] = 1,
+    is_causal: bool | Sequence[bool] = False,
+) -> NAParams:
+    """Validate window arguments against a spatial extent (scale left at 1.0)."""
+    ndim = len(spatial)
+    kernel = normalize_tuple("kernel_size", kernel_size, ndim)
+    strides = normalize_tuple("stride", stride, ndim)
+    dilations = normalize_tuple("dilation", dilation, ndim)
+    causal = normalize_tuple("is_causal", is_causal, ndim, kind=bool)
+    names = _AXIS_NAMES[ndim]
+    for axis, (length, k, s, d) in enumerate(zip(spatial, kernel, strides, dilations, strict=True)):
+        where = f" on axis {axis} ({names[axis]})" if ndim > 1 else ""
+        if k < 2:
+            raise ValueError(f"kernel_size={kernel_size!r}: every kernel size must be >= 2{where}")
+        if d < 1:
+            raise ValueError(f"dilation={dilation!r}: every dilation must be >= 1{where}")
+        if s < 1 or s > k:
+            raise ValueError(
+                f"stride={stride!r}: every stride must satisfy 1 <= stride <= kernel_size "
+                f"(kernel_size={k}){where}"
+            )
+        if k * d > length:
+            raise ValueError(
+                f"kernel_size * dilation = {k} * {d} = {k * d} is larger than the input "
+                f"({names[axis]} {length}){where}; the functional ops do not pad "
+                f"(the NeighborhoodAttention modules do)"
+            )
+    return NAParams(kernel, strides, dilations, causal, 1.0)
+
+
+def axis_window(
+    length: int, kernel: int, stride: int, dilation: int, causal: bool
+) -> tuple[list[list[int]], list[list[bool]], list[list[int]]]:
+    """Neighbours of every query on one axis, straight from the definition.
+
+    Returns, for each query ``i`` in ``range(length)``, ``kernel`` key indices, whether each is a
+    real neighbour (only causal windows near the start have fewer than ``kernel``), and the RPB
+    index ``(j // dilation) - (i // dilation) + kernel - 1`` of each key.
+    """
+    left = kernel // 2
+    right = kernel // 2 if kernel % 2 else kernel // 2 - 1
+    keys, valid, bias = [], [], []
+    for i in range(length):
+        residue, qi = i % dilation, i // dilation
+        group_len = -(-(length - residue) // dilation)
+        if causal:
+            leader = min((qi // stride) * stride + stride - 1, group_len - 1)
+            first = leader - kernel + 1
+            group_keys = [first + t for t in range(kernel)]
+            ok = [0 <= kj <= qi for kj in group_keys]
+            group_keys = [kj if good else qi for kj, good in zip(group_keys, ok, strict=True)]
+        else:
+            leader = min((qi // stride) * stride + stride // 2, group_len - 1)
+            centre = min(max(leader, left), group_len - 1 - right)
+            group_keys = [centre - left + t for t in range(kernel)]
+            ok = [True] * kernel
+        keys.append([kj * dilation + residue for kj in group_keys])
+        valid.append(ok)
+        bias.append([kj - qi + kernel - 1 for kj in group_keys])
+    return keys, valid, bias
+
+
+@functools.lru_cache(maxsize=256)
+def _neighbor_table_cpu(
+    spatial: tuple[int, ...],
+    kernel: tuple[int, ...],
+    stride: tuple[int, ...],
+    dilation: tuple[int, ...],
+    causal: tuple[bool, ...],
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    ndim = len(spatial)
+    keys, valid, bias = [], [], []
+    for axis in range(ndim):
+        k, v, b = axis_window(spatial[axis], kernel[axis], stride[axis], dilation[axis], causal[axis])
+        keys.append(torch.tensor(k, dtype=torch.long))
+        valid.append(torch.tensor(v, dtype=torch.bool))
+        bias.append(torch.tensor(b, dtype=torch.long))
+    # Cartesian product over axes: query (i_0..i_n) x offset (t_0..t_n), axis 0 slowest.
+    flat_key = torch.zeros((1, 1), dtype=torch.long)
+    flat_valid = torch.ones((1, 1), dtype=torch.bool)
+    flat_bias = torch.zeros((1, 1), dtype=torch.long)
+    for axis in range(ndim):
+        length, k = spatial[axis], kernel[axis]
+        n, w = flat_key.shape
+
+        def outer(acc: torch.Tensor, table: torch.Tensor, combine, n=n, w=w, length=length, k=k):
+            return combine(acc.view(n, 1, w, 1), table.view(1, length, 1, k)).reshape(
+                n * length, w * k
+            )
+
+        flat_key = outer(flat_key, keys[axis], lambda a, t, length=length: a * length + t)
+        flat_valid = outer(flat_valid, valid[axis], torch.logical_and)
+        flat_bias = outer(flat_bias, bias[axis], lambda a, t, k=k: a * (2 * k - 1) + t)
+    mask = None if bool(flat_valid.all()) else flat_valid
+    return flat_key.contiguous(), mask, flat_bias.contiguous()
+
+
+_DEVICE_TABLES: dict = {}
+
+
+def neighbor_table(
+    spatial: tuple[int, ...], params: NAParams, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Flattened neighbour table of an input: ``(keys, valid, rpb_index)``, each ``[N, window]``.
+
+    ``keys[n, p]`` is the flat spatial index of query ``n``'s ``p``-th neighbour (row-major over
+    the spatial axes), ``valid`` is ``None`` when every entry is a real neighbour (always, unless
+    causal), and ``rpb_index`` indexes the flattened ``rpb[h]`` table. Built once per geometry and
+    device, then cached.
+    """
+    cache_key = (spatial, params.kernel_size, params.stride, params.dilation, params.is_causal)
+    tables = _neighbor_table_cpu(*cache_key)
+    if device.type == "cpu":
+        return tables
+    dev_key = (*cache_key, str(device))
+    if dev_key not in _DEVICE_TABLES:
+        if len(_DEVICE_TABLES) > 256:
+            _DEVICE_TABLES.clear()
+        _DEVICE_TABLES[dev_key] = tuple(None if t is None else t.to(device) for t in tables)
+    return _DEVICE_TABLES[dev_key]

@@ -1,0 +1,163 @@
+"""Composite neighborhood attention in plain PyTorch: runs on any device.
+
+Queries are processed in chunks; each chunk gathers its neighbours' keys and values through the
+cached neighbour table of :mod:`nat.ops.spec`, so memory grows with ``N * prod(kernel_size)``
+(bounded per chunk), never with ``N ** 2``. The backward recomputes scores from the saved
+log-sum-exp, flash-attention style, instead of keeping the gathered tensors alive.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .spec import NAParams, neighbor_table
+
+__all__ = ["na_backward", "na_forward", "na_unfused"]
+
+_CHUNK_BYTES = 32 * 2**20
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Softmax and gradient accumulation run in float32 (float64 for float64 inputs)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _flatten(t: torch.Tensor) -> torch.Tensor:
+    """``[B, *spatial, heads, D]`` -> ``[B, heads, N, D]``."""
+    return t.flatten(1, -3).transpose(1, 2)
+
+
+def _chunks(n: int, per_query_bytes: int):
+    step = max(1, _CHUNK_BYTES // max(1, per_query_bytes))
+    for start in range(0, n, step):
+        yield slice(start, min(n, start + step))
+
+
+def _scores(
+    q: torch.Tensor,
+    k_nb: torch.Tensor,
+    rpb_flat: torch.Tensor | None,
+    bias_idx: torch.Tensor,
+    valid: torch.Tensor | None,
+    scale: float,
+) -> torch.Tensor:
+    """Scores ``[B, heads, n, P]`` of query chunk ``q`` ``[B, heads, n, D]``, accumulation dtype."""
+    acc = accumulation_dtype(q.dtype)
+    s = (q.unsqueeze(-2) @ k_nb.transpose(-1, -2)).squeeze(-2).to(acc) * scale
+    if rpb_flat is not None:
+        s = s + rpb_flat[:, bias_idx].to(acc)
+    if valid is not None:
+        s = s.masked_fill(~valid, float("-inf"))
+    return s
+
+
+def na_forward(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    rpb: torch.Tensor | None,
+    params: NAParams,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Output ``[B, *spatial, heads, Dv]`` and log-sum-exp ``[B, heads, N]`` (accumulation dtype)."""
+    spatial = tuple(query.shape[1:-2])
+    nbr, valid, bias_idx = neighbor_table(spatial, params, query.device)
+    q, k, v = _flatten(query), _flatten(key), _flatten(value)
+    batch, heads, n, dim = q.shape
+    dim_v = v.shape[-1]
+    rpb_flat = None if rpb is None else rpb.reshape(heads, -1)
+    out = torch.empty((batch, heads, n, dim_v), dtype=value.dtype, device=value.device)
+    lse = torch.empty((batch, heads, n), dtype=accumulation_dtype(query.dtype), device=query.device)
+    per_query = batch * heads * params.window * (dim + dim_v + 2) * 4
+    for c in _chunks(n, per_query):
+        idx = nbr[c]
+        s = _scores(
+            q[:, :, c], k[:, :, idx], rpb_flat, bias_idx[c], None if valid is None else valid[c],
+            params.scale,
+        )
+        chunk_lse = torch.logsumexp(s, dim=-1)
+        p = torch.exp(s - chunk_lse.unsqueeze(-1))
+        out[:, :, c] = (p.to(value.dtype).unsqueeze(-2) @ v[:, :, idx]).squeeze(-2)
+        lse[:, :, c] = chunk_lse
+    return out.transpose(1, 2).reshape(value.shape), lse
+
+
+def na_backward(
+    grad_out: torch.Tensor,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    rpb: torch.Tensor | None,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    params: NAParams,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Gradients for query, key, value and rpb (``None`` without rpb)."""
+    spatial = tuple(query.shape[1:-2])
+    nbr, valid, bias_idx = neighbor_table(spatial, params, query.device)
+    q, k, v = _flatten(query), _flatten(key), _flatten(value)
+    do, o = _flatten(grad_out), _flatten(out)
+    batch, heads, n, dim = q.shape
+    dim_v = v.shape[-1]
+    rpb_flat = None if rpb is None else rpb.reshape(heads, -1)
+    acc = accumulation_dtype(query.dtype)
+    delta = (do.to(acc) * o.to(acc)).sum(-1)  # [B, heads, N]
+    dq = torch.empty((batch, heads, n, dim), dtype=acc, device=query.device)
+    dk = torch.zeros((batch, heads, n, dim), dtype=acc, device=query.device)
+    dv = torch.zeros((batch, heads, n, dim_v), dtype=acc, device=query.device)
+    drpb = None if rpb is None else torch.zeros(rpb_flat.shape, dtype=acc, device=rpb.device)
+    per_query = batch * heads * params.window * (3 * dim + 3 * dim_v + 4) * 4
+    for c in _chunks(n, per_query):
+        idx = nbr[c]
+        k_nb, v_nb = k[:, :, idx], v[:, :, idx]
+        qc, doc = q[:, :, c], do[:, :, c]
+        s = _scores(
+            qc, k_nb, rpb_flat, bias_idx[c], None if valid is None else valid[c], params.scale
+        )
+        p = torch.exp(s - lse[:, :, c].unsqueeze(-1))  # [B, heads, n, P]
+        dp = (doc.unsqueeze(-2) @ v_nb.transpose(-1, -2)).squeeze(-2).to(acc)
+        ds = p * (dp - delta[:, :, c].unsqueeze(-1))
+        dq[:, :, c] = (ds.unsqueeze(-2) @ k_nb.to(acc)).squeeze(-2) * params.scale
+        flat_idx = idx.reshape(-1)
+        width = idx.numel()
+        dk.index_add_(
+            2, flat_idx, (ds.unsqueeze(-1) * (qc.to(acc) * params.scale).unsqueeze(-2)).reshape(
+                batch, heads, width, dim
+            )
+        )
+        dv.index_add_(
+            2, flat_idx, (p.unsqueeze(-1) * doc.to(acc).unsqueeze(-2)).reshape(batch, heads, width, dim_v)
+        )
+        if drpb is not None:
+            drpb.index_add_(1, bias_idx[c].reshape(-1), ds.sum(0).reshape(heads, width))
+
+    def back(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return t.transpose(1, 2).reshape(like.shape).to(like.dtype)
+
+    return (
+        back(dq, query),
+        back(dk, key),
+        back(dv, value),
+        None if drpb is None else drpb.reshape(rpb.shape).to(rpb.dtype),
+    )
+
+
+def na_unfused(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    rpb: torch.Tensor | None,
+    params: NAParams,
+    attn_drop: float = 0.0,
+) -> torch.Tensor:
+    """Unfused NA with explicit attention weights, for attention dropout during training.
+
+    Differentiates through plain autograd; ``[B, *spatial, heads, D]`` in and out.
+    """
+    spatial = tuple(query.shape[1:-2])
+    nbr, valid, bias_idx = neighbor_table(spatial, params, query.device)
+    q, k, v = _flatten(query), _flatten(key), _flatten(value)
+    rpb_flat = None if rpb is None else rpb.reshape(q.shape[1], -1)
+    s = _scores(q, k[:, :, nbr], rpb_flat, bias_idx, valid, params.scale)
+    p = torch.nn.functional.dropout(s.softmax(dim=-1), p=attn_drop, training=attn_drop > 0)
+    out = (p.to(value.dtype).unsqueeze(-2) @ v[:, :, nbr]).squeeze(-2)
+    return out.transpose(1, 2).reshape(value.shape)
