@@ -78,7 +78,7 @@ def na_forward(
         p = torch.exp(s - chunk_lse.unsqueeze(-1))
         out[:, :, c] = (p.to(value.dtype).unsqueeze(-2) @ v[:, :, idx]).squeeze(-2)
         lse[:, :, c] = chunk_lse
-    return out.transpose(1, 2).reshape(value.shape), lse
+    return out.transpose(1, 2).reshape(value.shape).contiguous(), lse
 
 
 def na_backward(
@@ -131,7 +131,7 @@ def na_backward(
             drpb.index_add_(1, bias_idx[c].reshape(-1), ds.sum(0).reshape(heads, width))
 
     def back(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        return t.transpose(1, 2).reshape(like.shape).to(like.dtype)
+        return t.transpose(1, 2).reshape(like.shape).to(like.dtype).contiguous()
 
     return (
         back(dq, query),
