@@ -132,7 +132,9 @@ def _na_forward(
 
 
 @_na_forward.register_fake
-def _na_forward_fake(query, key, value, rpb, kernel_size, stride, dilation, is_causal, scale, backend):
+def _na_forward_fake(
+    query, key, value, rpb, kernel_size, stride, dilation, is_causal, scale, backend
+):
     n = math.prod(query.shape[1:-2])
     lse = query.new_empty(
         (query.shape[0], query.shape[-2], n), dtype=torch.promote_types(query.dtype, torch.float32)
@@ -168,7 +170,12 @@ def _na_backward(
 @_na_backward.register_fake
 def _na_backward_fake(grad_out, query, key, value, rpb, out, lse, *args):
     drpb = query.new_empty(0) if rpb is None else rpb.new_empty(rpb.shape)
-    return query.new_empty(query.shape), key.new_empty(key.shape), value.new_empty(value.shape), drpb
+    return (
+        query.new_empty(query.shape),
+        key.new_empty(key.shape),
+        value.new_empty(value.shape),
+        drpb,
+    )
 
 
 def _setup_context(ctx, inputs, output):
@@ -181,7 +188,9 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_out, grad_lse):
     query, key, value, rpb, out, lse = ctx.saved_tensors
-    dq, dk, dv, drpb = _na_backward(grad_out.contiguous(), query, key, value, rpb, out, lse, *ctx.window)
+    dq, dk, dv, drpb = _na_backward(
+        grad_out.contiguous(), query, key, value, rpb, out, lse, *ctx.window
+    )
     return dq, dk, dv, drpb if ctx.has_rpb else None, None, None, None, None, None, None
 
 
@@ -201,8 +210,18 @@ def _na_forward_flops(query_shape, key_shape, value_shape, rpb_shape, kernel_siz
 
 
 @register_flop_formula(torch.ops.nat.na_backward)
-def _na_backward_flops(grad_shape, query_shape, key_shape, value_shape, rpb_shape, out_shape_,
-                       lse_shape, kernel_size, *args, **kwargs):
+def _na_backward_flops(
+    grad_shape,
+    query_shape,
+    key_shape,
+    value_shape,
+    rpb_shape,
+    out_shape_,
+    lse_shape,
+    kernel_size,
+    *args,
+    **kwargs,
+):
     # dP = dO V^T, dV = P^T dO, dQ = dS K, dK = dS^T Q: twice the forward's products.
     return 2 * na_flops(query_shape, value_shape, kernel_size)
 
@@ -246,4 +265,3 @@ register_backend(
     devices=("cpu", "cuda", "mps", "xpu"),
     priority=0,
 )
-

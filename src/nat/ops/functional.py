@@ -51,7 +51,9 @@ def neighborhood_attention(
             f"query has shape {shape}; expected [batch, *spatial, heads, head_dim] "
             f"with 1, 2 or 3 spatial axes"
         )
-    params = check_na_args(query, key, value, ndim, kernel_size, stride, dilation, is_causal, scale, rpb)
+    params = check_na_args(
+        query, key, value, ndim, kernel_size, stride, dilation, is_causal, scale, rpb
+    )
     return na_op(query, key, value, rpb, params, backend)
 
 

@@ -94,7 +94,9 @@ def _check_tensors(
             )
     for name, t in (("key", key), ("value", value)):
         if t.dtype != query.dtype:
-            raise ValueError(f"{name} has dtype {t.dtype} but query has {query.dtype}; they must match")
+            raise ValueError(
+                f"{name} has dtype {t.dtype} but query has {query.dtype}; they must match"
+            )
         if t.device != query.device:
             raise ValueError(
                 f"{name} is on {t.device} but query is on {query.device}; they must match"
@@ -109,7 +111,9 @@ def _check_tensors(
             f"query's {tuple(query.shape)}"
         )
     if query.shape[-1] == 0 or value.shape[-1] == 0:
-        raise ValueError(f"head_dim must be positive: query {tuple(query.shape)}, value {tuple(value.shape)}")
+        raise ValueError(
+            f"head_dim must be positive: query {tuple(query.shape)}, value {tuple(value.shape)}"
+        )
 
 
 def _check_rpb(rpb: torch.Tensor, query: torch.Tensor, params: NAParams) -> None:
@@ -122,13 +126,16 @@ def _check_rpb(rpb: torch.Tensor, query: torch.Tensor, params: NAParams) -> None
     if any(s != 1 for s in params.stride):
         raise ValueError(f"rpb is only defined for stride 1; got stride={params.stride}")
     if any(params.is_causal):
-        raise ValueError(f"rpb is not defined with causal masking; got is_causal={params.is_causal}")
+        raise ValueError(
+            f"rpb is not defined with causal masking; got is_causal={params.is_causal}"
+        )
     heads = query.shape[-2]
     expected = (heads, *(2 * k - 1 for k in params.kernel_size))
     if tuple(rpb.shape) != expected:
         raise ValueError(
             f"rpb has shape {tuple(rpb.shape)}; expected {expected} = "
-            f"[heads, *(2 * kernel_size - 1)] for {heads} heads and kernel_size={params.kernel_size}"
+            f"[heads, *(2 * kernel_size - 1)] for {heads} heads and "
+            f"kernel_size={params.kernel_size}"
         )
     if rpb.dtype != query.dtype:
         raise ValueError(f"rpb has dtype {rpb.dtype} but query has {query.dtype}; they must match")
@@ -242,7 +249,9 @@ def _neighbor_table_cpu(
     ndim = len(spatial)
     keys, valid, bias = [], [], []
     for axis in range(ndim):
-        k, v, b = axis_window(spatial[axis], kernel[axis], stride[axis], dilation[axis], causal[axis])
+        k, v, b = axis_window(
+            spatial[axis], kernel[axis], stride[axis], dilation[axis], causal[axis]
+        )
         keys.append(torch.tensor(k, dtype=torch.long))
         valid.append(torch.tensor(v, dtype=torch.bool))
         bias.append(torch.tensor(b, dtype=torch.long))

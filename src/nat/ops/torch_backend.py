@@ -58,7 +58,7 @@ def na_forward(
     rpb: torch.Tensor | None,
     params: NAParams,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Output ``[B, *spatial, heads, Dv]`` and log-sum-exp ``[B, heads, N]`` (accumulation dtype)."""
+    """Output ``[B, *spatial, heads, Dv]`` and log-sum-exp ``[B, heads, N]`` (float32+)."""
     spatial = tuple(query.shape[1:-2])
     nbr, valid, bias_idx = neighbor_table(spatial, params, query.device)
     q, k, v = _flatten(query), _flatten(key), _flatten(value)
@@ -71,7 +71,11 @@ def na_forward(
     for c in _chunks(n, per_query):
         idx = nbr[c]
         s = _scores(
-            q[:, :, c], k[:, :, idx], rpb_flat, bias_idx[c], None if valid is None else valid[c],
+            q[:, :, c],
+            k[:, :, idx],
+            rpb_flat,
+            bias_idx[c],
+            None if valid is None else valid[c],
             params.scale,
         )
         chunk_lse = torch.logsumexp(s, dim=-1)
@@ -120,12 +124,16 @@ def na_backward(
         flat_idx = idx.reshape(-1)
         width = idx.numel()
         dk.index_add_(
-            2, flat_idx, (ds.unsqueeze(-1) * (qc.to(acc) * params.scale).unsqueeze(-2)).reshape(
+            2,
+            flat_idx,
+            (ds.unsqueeze(-1) * (qc.to(acc) * params.scale).unsqueeze(-2)).reshape(
                 batch, heads, width, dim
-            )
+            ),
         )
         dv.index_add_(
-            2, flat_idx, (p.unsqueeze(-1) * doc.to(acc).unsqueeze(-2)).reshape(batch, heads, width, dim_v)
+            2,
+            flat_idx,
+            (p.unsqueeze(-1) * doc.to(acc).unsqueeze(-2)).reshape(batch, heads, width, dim_v),
         )
         if drpb is not None:
             drpb.index_add_(1, bias_idx[c].reshape(-1), ds.sum(0).reshape(heads, width))

@@ -1,0 +1,88 @@
+"""Hypothesis strategies for neighborhood-attention problems (shapes and window arguments)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from hypothesis import strategies as st
+
+
+@dataclass
+class Problem:
+    spatial: tuple[int, ...]
+    kernel_size: tuple[int, ...]
+    stride: tuple[int, ...]
+    dilation: tuple[int, ...]
+    is_causal: tuple[bool, ...]
+    batch: int
+    heads: int
+    head_dim: int
+    head_dim_v: int
+    use_rpb: bool
+
+    @property
+    def rpb_allowed(self) -> bool:
+        return (
+            all(k % 2 for k in self.kernel_size)
+            and all(s == 1 for s in self.stride)
+            and not any(self.is_causal)
+        )
+
+    def window_kwargs(self) -> dict:
+        return dict(
+            kernel_size=self.kernel_size,
+            stride=self.stride,
+            dilation=self.dilation,
+            is_causal=self.is_causal,
+        )
+
+    def tensors(self, dtype=torch.float64, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        shape = (self.batch, *self.spatial, self.heads)
+        q = torch.randn(*shape, self.head_dim, generator=g, dtype=torch.float64)
+        k = torch.randn(*shape, self.head_dim, generator=g, dtype=torch.float64)
+        v = torch.randn(*shape, self.head_dim_v, generator=g, dtype=torch.float64)
+        rpb = None
+        if self.use_rpb:
+            rpb = torch.randn(
+                self.heads, *(2 * k - 1 for k in self.kernel_size), generator=g, dtype=torch.float64
+            )
+        cast = [t.to(dtype) for t in (q, k, v)]
+        return (*cast, None if rpb is None else rpb.to(dtype))
+
+
+@st.composite
+def axis(draw, max_kernel: int = 5, max_dilation: int = 3, max_extra: int = 4):
+    kernel = draw(st.integers(2, max_kernel))
+    dilation = draw(st.integers(1, max_dilation))
+    stride = draw(st.integers(1, kernel))
+    causal = draw(st.booleans())
+    length = kernel * dilation + draw(st.integers(0, max_extra))
+    return length, kernel, stride, dilation, causal
+
+
+@st.composite
+def problems(draw, ndim=None, allow_stride: bool = True, allow_causal: bool = True):
+    ndim = draw(st.integers(1, 3)) if ndim is None else ndim
+    limits = {1: (7, 3, 8), 2: (5, 2, 4), 3: (3, 2, 2)}[ndim]
+    axes = [draw(axis(*limits)) for _ in range(ndim)]
+    spatial, kernel, stride, dilation, causal = (tuple(a[i] for a in axes) for i in range(5))
+    if not allow_stride:
+        stride = (1,) * ndim
+    if not allow_causal:
+        causal = (False,) * ndim
+    problem = Problem(
+        spatial=spatial,
+        kernel_size=kernel,
+        stride=stride,
+        dilation=dilation,
+        is_causal=causal,
+        batch=draw(st.integers(1, 2)),
+        heads=draw(st.integers(1, 2)),
+        head_dim=draw(st.integers(1, 4)),
+        head_dim_v=draw(st.integers(1, 4)),
+        use_rpb=False,
+    )
+    problem.use_rpb = problem.rpb_allowed and draw(st.booleans())
+    return problem

@@ -1,0 +1,127 @@
+"""Every backend computes the reference, forward and backward, over random problems."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+
+import nat
+from nat.ops import available_backends
+
+from .strategies import problems
+
+BACKENDS = [b for b in available_backends("cpu") if b != "reference"]
+
+
+def run(problem, tensors, backend):
+    q, k, v, rpb = tensors
+    return nat.neighborhood_attention(q, k, v, rpb=rpb, backend=backend, **problem.window_kwargs())
+
+
+def forward_and_grads(problem, backend, dtype=torch.float64):
+    inputs = [t.clone().requires_grad_() for t in problem.tensors(dtype) if t is not None]
+    q, k, v, *rest = inputs
+    out = run(problem, (q, k, v, rest[0] if rest else None), backend)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    out.backward(grad.to(out.dtype))
+    return out.detach(), [t.grad for t in inputs]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@given(problem=problems())
+def test_forward_and_gradients_match_reference(backend, problem):
+    expected, expected_grads = forward_and_grads(problem, "reference")
+    out, grads = forward_and_grads(problem, backend)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+    for g, e in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    ("dtype", "tol"),
+    [(torch.float32, 2e-5), (torch.bfloat16, 3e-2), (torch.float16, 4e-3)],
+)
+@settings(max_examples=10)
+@given(problem=problems(ndim=2))
+def test_reduced_precision_matches_reference(backend, dtype, tol, problem):
+    expected, expected_grads = forward_and_grads(problem, "reference", torch.float64)
+    out, grads = forward_and_grads(problem, backend, dtype)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.double(), expected, rtol=tol, atol=tol)
+    for g, e in zip(grads, expected_grads, strict=True):
+        assert g.dtype == dtype
+        scale = e.abs().max().clamp_min(1)
+        torch.testing.assert_close(g.double() / scale, e / scale, rtol=4 * tol, atol=4 * tol)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(spatial=(7,), kernel_size=3, dilation=2, rpb=True),
+        dict(spatial=(5, 6), kernel_size=(3, 5), dilation=(1, 1), rpb=True),
+        dict(spatial=(6, 5), kernel_size=(2, 3), stride=(2, 1), is_causal=(True, False)),
+        dict(spatial=(4, 3, 5), kernel_size=(2, 3, 3), dilation=(2, 1, 1), rpb=False),
+    ],
+)
+def test_gradcheck(backend, kwargs):
+    kwargs = dict(kwargs)
+    spatial, with_rpb = kwargs.pop("spatial"), kwargs.pop("rpb", False)
+    g = torch.Generator().manual_seed(0)
+    shape = (1, *spatial, 2, 3)
+    inputs = [
+        torch.randn(shape, generator=g, dtype=torch.float64, requires_grad=True) for _ in "qkv"
+    ]
+    if with_rpb:
+        kernel = kwargs["kernel_size"]
+        kernel = (kernel,) * len(spatial) if isinstance(kernel, int) else kernel
+        rpb_shape = (2, *(2 * k - 1 for k in kernel))
+        inputs.append(torch.randn(rpb_shape, generator=g, dtype=torch.float64, requires_grad=True))
+
+    def fn(q, k, v, rpb=None):
+        return nat.neighborhood_attention(q, k, v, rpb=rpb, backend=backend, **kwargs)
+
+    assert torch.autograd.gradcheck(fn, inputs)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_autocast_runs_in_the_autocast_dtype(backend):
+    module = nat.NeighborhoodAttention2D(16, 2, 3, backend=backend)
+    x = torch.randn(2, 6, 7, 16)
+    expected = module(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = module(x)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), expected, rtol=3e-2, atol=3e-2)
+    out.float().sum().backward()
+    assert module.rpb.grad is not None and module.rpb.grad.dtype == torch.float32
+
+
+def test_default_backend_is_the_fastest_available_one():
+    assert nat.available_backends("cpu")[-1] == "reference"
+    q = k = v = torch.randn(1, 8, 2, 4)
+    with nat.use_backend("reference"):
+        expected = nat.na1d(q, k, v, 3)
+    torch.testing.assert_close(nat.na1d(q, k, v, 3), expected)
+
+
+def test_use_backend_routes_calls_and_restores():
+    from nat.ops import default_backend
+
+    assert default_backend() == "auto"
+    with nat.use_backend("reference"):
+        assert default_backend() == "reference"
+    assert default_backend() == "auto"
+
+
+def test_memory_is_linear_in_tokens():
+    """The composite path never holds an N x N matrix: its chunks are bounded."""
+    from torch.profiler import ProfilerActivity, profile
+
+    q = k = v = torch.randn(1, 64, 64, 1, 8)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        nat.na2d(q, k, v, 3, backend="torch")
+    largest = max(e.cpu_memory_usage for e in prof.events())
+    assert largest < (64 * 64) ** 2 * 4 // 16
