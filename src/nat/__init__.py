@@ -1,5 +1,6 @@
 """nat: Neighborhood Attention Transformers (NAT, DiNAT) and fast neighborhood attention."""
 
+from . import models
 from .nn import NeighborhoodAttention1D, NeighborhoodAttention2D, NeighborhoodAttention3D
 from .ops import (
     available_backends,
@@ -18,6 +19,7 @@ __all__ = [
     "NeighborhoodAttention3D",
     "__version__",
     "available_backends",
+    "models",
     "na1d",
     "na2d",
     "na3d",

@@ -1,0 +1,57 @@
+"""``nat models`` (the variants' params/GMACs table) and ``nat convert`` (checkpoint formats)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    models = subparsers.add_parser(
+        "models",
+        help="list the NAT/DiNAT variants with measured params and GMACs",
+        description="Parameters and GMACs of each registered variant, measured from the code "
+        "(FlopCounterMode), next to the published values and ImageNet top-1.",
+    )
+    models.add_argument("names", nargs="*", metavar="NAME", help="variants to show (default: all)")
+    models.add_argument(
+        "--img-size", type=int, default=None, help="square input size (default: each variant's)"
+    )
+    models.set_defaults(func=_models)
+
+    convert = subparsers.add_parser(
+        "convert",
+        help="convert a checkpoint to safetensors (original or Hugging Face layout)",
+        description="Read SRC in any supported format (original .pth, state_dict/model/EMA "
+        "wrappers, mmdetection/mmsegmentation, Hugging Face file or directory, safetensors) and "
+        "write DST: with --to original a .safetensors file with a .json config beside it; with "
+        "--to hf a directory with model.safetensors and config.json.",
+    )
+    convert.add_argument("source", metavar="SRC", help="checkpoint file or hub directory")
+    convert.add_argument("destination", metavar="DST", help="output .safetensors file or directory")
+    convert.add_argument(
+        "--to", dest="layout", choices=("original", "hf"), default="original", help="output layout"
+    )
+    convert.add_argument(
+        "--model",
+        default=None,
+        help="variant name (e.g. dinat_tiny); needed when SRC has no config and its shapes fit "
+        "both a NAT and a DiNAT variant",
+    )
+    convert.set_defaults(func=_convert)
+
+
+def _models(args: argparse.Namespace) -> int:
+    from ..models.summary import format_table, model_table
+
+    if args.img_size is not None and args.img_size < 1:
+        raise ValueError(f"--img-size={args.img_size} must be >= 1")
+    print(format_table(model_table(args.names or None, args.img_size)))
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from ..models.pretrained import convert_checkpoint
+
+    for path in convert_checkpoint(args.source, args.destination, args.layout, args.model):
+        print(path)
+    return 0

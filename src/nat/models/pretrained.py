@@ -1,0 +1,383 @@
+"""Loading checkpoints into models, building models from checkpoints, converting checkpoints.
+
+:func:`load_pretrained` takes any format :mod:`.formats` reads, adapts the usual differences the
+way timm does (another ``num_classes`` drops the head with a warning; another ``in_chans`` adapts
+the first convolution; a classification checkpoint feeds a backbone without its ``norm``/``head``)
+and otherwise checks strictly, naming every missing or unexpected key and shape mismatch.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from timm.models import adapt_input_conv
+from torch import nn
+
+from . import formats
+from .nat import NAT, NATBackbone
+
+__all__ = [
+    "CheckpointMismatchError",
+    "LoadResult",
+    "convert_checkpoint",
+    "identify_variant",
+    "load_model",
+    "load_pretrained",
+    "model_args",
+]
+
+_logger = logging.getLogger(__name__)
+
+_BACKBONE_NORM = re.compile(r"^norm\d+\.")
+_CLASSIFIER_ONLY = ("norm.", "head.")
+_FIRST_CONV = "patch_embed.proj.0.weight"
+_SHOWN = 12
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint's keys or shapes do not fit the model (every difference is named)."""
+
+
+@dataclass
+class LoadResult:
+    """What :func:`load_pretrained` left out: keys at their initial values, keys ignored."""
+
+    missing_keys: list[str] = field(default_factory=list)
+    unexpected_keys: list[str] = field(default_factory=list)
+
+
+def load_pretrained(
+    model: nn.Module,
+    checkpoint: str | Path | Mapping[str, Any],
+    strict: bool = True,
+) -> LoadResult:
+    """Load ``checkpoint`` (a path, a hub directory or an in-memory state dict) into ``model``.
+
+    Formats: original ``.pth``; ``state_dict``/``model``/``state_dict_ema`` wrappers; mm*
+    (``backbone.``); Hugging Face NAT/DiNAT (files or hub directories); safetensors. Files are
+    read with ``weights_only=True``. With ``strict``, any other difference raises
+    :class:`CheckpointMismatchError`; without, it is skipped with a warning.
+    """
+    if isinstance(checkpoint, Mapping):
+        state_dict, config = formats.to_original(checkpoint), None
+    else:
+        ckpt = formats.read_checkpoint(checkpoint)
+        state_dict, config = formats.to_original(ckpt.state_dict), ckpt.config
+    if config is not None:
+        _check_config(model, config)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    state_dict, allowed_missing = _adapt(model, dict(state_dict), expected)
+
+    missing = [k for k in expected if k not in state_dict and k not in allowed_missing]
+    unexpected = [k for k in state_dict if k not in expected]
+    mismatched = [
+        k for k in state_dict if k in expected and tuple(state_dict[k].shape) != expected[k]
+    ]
+    if missing or unexpected or mismatched:
+        report = _mismatch_report(missing, unexpected, mismatched, state_dict, expected)
+        if strict:
+            raise CheckpointMismatchError(
+                f"checkpoint does not fit {type(model).__name__}: {report}"
+            )
+        warnings.warn(f"loading non-strictly, skipped: {report}", stacklevel=2)
+        for key in (*unexpected, *mismatched):
+            state_dict.pop(key)
+    model.load_state_dict(state_dict, strict=False)
+    return LoadResult(
+        missing_keys=[k for k in expected if k not in state_dict],
+        unexpected_keys=unexpected + mismatched,
+    )
+
+
+def _adapt(
+    model: nn.Module, state_dict: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]]
+) -> tuple[dict[str, torch.Tensor], set[str]]:
+    """Bridge the differences timm adapts silently; returns the state dict and allowed misses."""
+    allowed: set[str] = set()
+    ckpt_is_backbone = any(_BACKBONE_NORM.match(k) for k in state_dict)
+    model_is_backbone = any(_BACKBONE_NORM.match(k) for k in expected)
+    if model_is_backbone and not ckpt_is_backbone:
+        dropped = [k for k in state_dict if k.startswith(_CLASSIFIER_ONLY)]
+        for key in dropped:
+            del state_dict[key]
+        allowed |= {k for k in expected if _BACKBONE_NORM.match(k)}
+        _logger.info("classification checkpoint into a backbone: norm/head dropped, norm{i} new")
+    elif ckpt_is_backbone and not model_is_backbone:
+        for key in [k for k in state_dict if _BACKBONE_NORM.match(k)]:
+            del state_dict[key]
+        allowed |= {k for k in expected if k.startswith(_CLASSIFIER_ONLY)}
+        warnings.warn(
+            "backbone checkpoint into a classifier: the final norm and head keep their initial "
+            "values",
+            stacklevel=3,
+        )
+    elif model_is_backbone:
+        # A backbone with fewer out_indices than the checkpoint simply has fewer norms.
+        for key in [k for k in state_dict if _BACKBONE_NORM.match(k) and k not in expected]:
+            del state_dict[key]
+
+    head = [k for k in ("head.weight", "head.bias") if k in state_dict]
+    if head and not model_is_backbone:
+        ckpt_classes = state_dict["head.weight"].shape[0] if "head.weight" in state_dict else None
+        model_classes = expected["head.weight"][0] if "head.weight" in expected else 0
+        if ckpt_classes != model_classes:
+            for key in head:
+                del state_dict[key]
+            allowed |= {"head.weight", "head.bias"}
+            warnings.warn(
+                f"num_classes: the checkpoint has {ckpt_classes} classes and the model "
+                f"{model_classes}; the head is not loaded",
+                stacklevel=3,
+            )
+
+    if _FIRST_CONV in state_dict and _FIRST_CONV in expected:
+        weight = state_dict[_FIRST_CONV]
+        in_chans = expected[_FIRST_CONV][1]
+        if weight.shape[1] != in_chans and weight.shape[0] == expected[_FIRST_CONV][0]:
+            state_dict[_FIRST_CONV] = adapt_input_conv(in_chans, weight)
+            _logger.info(
+                "adapted %s from %d to %d channels", _FIRST_CONV, weight.shape[1], in_chans
+            )
+    return state_dict, allowed
+
+
+def _mismatch_report(
+    missing: list[str],
+    unexpected: list[str],
+    mismatched: list[str],
+    state_dict: Mapping[str, torch.Tensor],
+    expected: Mapping[str, tuple[int, ...]],
+) -> str:
+    def listed(keys: list[str]) -> str:
+        more = f", ... ({len(keys) - _SHOWN} more)" if len(keys) > _SHOWN else ""
+        return ", ".join(keys[:_SHOWN]) + more
+
+    parts = []
+    if mismatched:
+        shapes = [
+            f"{k}: checkpoint {list(state_dict[k].shape)} vs model {list(expected[k])}"
+            for k in mismatched
+        ]
+        parts.append(f"{len(mismatched)} shape mismatches ({listed(shapes)})")
+    if missing:
+        parts.append(f"{len(missing)} missing keys ({listed(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys ({listed(unexpected)})")
+    return "; ".join(parts)
+
+
+def _check_config(model: nn.Module, config: Mapping[str, Any]) -> None:
+    """Warn when the checkpoint's config describes other dilations than the model has."""
+    args = _config_model_args(config)
+    theirs = args.get("dilations")
+    ours = getattr(model, "dilations", None)
+    if ours is None or "dilations" not in args:
+        return
+    theirs = theirs or [[1] * len(level) for level in ours]
+    if [list(level) for level in theirs] != [list(level) for level in ours]:
+        warnings.warn(
+            f"the checkpoint's config has dilations={theirs}, the model {ours}: the weights "
+            f"load, but the model will not compute what they were trained for",
+            stacklevel=3,
+        )
+
+
+def _config_model_args(config: Mapping[str, Any]) -> dict[str, Any]:
+    if "model_type" in config:
+        return formats.hf_config_to_model_args(config)
+    args = dict(config.get("model_args", {}))
+    if "dilations" not in args and "architecture" in config:
+        args["dilations"] = None
+    return args
+
+
+def model_args(model: NAT | NATBackbone) -> dict[str, Any]:
+    """The constructor keywords that rebuild ``model``'s architecture (read from its modules)."""
+    blocks = [level.blocks for level in model.levels]
+    first = blocks[0][0]
+    last_drop = blocks[-1][-1].drop_path
+    args: dict[str, Any] = dict(
+        embed_dim=model.patch_embed.proj[1].out_channels,
+        depths=[len(b) for b in blocks],
+        num_heads=[b[0].attn.num_heads for b in blocks],
+        kernel_size=model.kernel_size[0]
+        if len(set(model.kernel_size)) == 1
+        else list(model.kernel_size),
+        mlp_ratio=first.mlp.fc1.out_features / first.mlp.fc1.in_features,
+        layer_scale=first.layer_scale,
+        dilations=None
+        if all(d == 1 for level in model.dilations for d in level)
+        else [list(level) for level in model.dilations],
+        in_chans=model.patch_embed.proj[0].in_channels,
+        qkv_bias=first.attn.qkv.bias is not None,
+        drop_path_rate=getattr(last_drop, "drop_prob", 0.0),
+    )
+    if isinstance(model, NATBackbone):
+        args["out_indices"] = list(model.out_indices)
+    else:
+        args["num_classes"] = model.num_classes
+    return args
+
+
+def _signature(state_dict: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    return {
+        k: tuple(v.shape)
+        for k, v in state_dict.items()
+        if k.startswith(("patch_embed.", "levels."))
+    }
+
+
+def identify_variant(state_dict: Mapping[str, torch.Tensor], hint: str | None = None) -> str:
+    """The registered variant whose stem and levels have these keys and shapes.
+
+    NAT and DiNAT variants differ only in dilations; ``hint`` (e.g. a file name starting with
+    ``dinat_tiny``) breaks such ties.
+    """
+    wanted = _signature(state_dict)
+    fits = []
+    for name in timm.list_models(["nat_*", "dinat_*"]):
+        with torch.device("meta"):
+            candidate = timm.create_model(name)
+        if _signature(candidate.state_dict()) == wanted:
+            fits.append(name)
+    if not fits:
+        raise ValueError("the checkpoint matches no registered NAT/DiNAT variant; pass --model")
+    if len(fits) == 1:
+        return fits[0]
+    if hint is not None:
+        by_hint = sorted((n for n in fits if hint.startswith(n)), key=len, reverse=True)
+        if by_hint:
+            return by_hint[0]
+    raise ValueError(
+        f"the checkpoint fits {fits} (they differ only in dilations, which weights do not "
+        f"record); name the model (--model / model=)"
+    )
+
+
+def _build(
+    args: Mapping[str, Any], backbone: bool, device: torch.device | str | None = None
+) -> NAT | NATBackbone:
+    args = dict(args)
+    with torch.device(device or "cpu"):
+        if backbone:
+            args.pop("num_classes", None)
+            return NATBackbone(**args)
+        args.pop("out_indices", None)
+        return NAT(**args)
+
+
+def _resolve_args(
+    state_dict: Mapping[str, torch.Tensor],
+    config: Mapping[str, Any] | None,
+    model: str | None,
+    hint: str | None,
+) -> tuple[str | None, dict[str, Any]]:
+    """(variant name or None, constructor keywords) for a checkpoint."""
+    if model is None and config is not None:
+        args = _config_model_args(config)
+        if args:
+            return config.get("architecture"), args
+    if model is None:
+        model = identify_variant(state_dict, hint)
+    if model not in timm.list_models(["nat_*", "dinat_*"]):
+        raise ValueError(f"model={model!r} is not a registered NAT/DiNAT variant")
+    with torch.device("meta"):
+        variant = timm.create_model(model)
+    args = model_args(variant)
+    if "head.weight" in state_dict:
+        args["num_classes"] = state_dict["head.weight"].shape[0]
+    return model, args
+
+
+def load_model(
+    checkpoint: str | Path, model: str | None = None, backbone: bool | None = None
+) -> NAT | NATBackbone:
+    """Build the model a checkpoint describes and load it strictly.
+
+    The architecture comes from ``model`` (a registered variant name), else the checkpoint's
+    config (a hub directory's ``config.json``, or the ``.json`` written beside a converted file),
+    else the weights' shapes (see :func:`identify_variant`). ``backbone`` defaults to whether the
+    checkpoint is a backbone one.
+    """
+    ckpt = formats.read_checkpoint(checkpoint)
+    state_dict = formats.to_original(ckpt.state_dict)
+    name, args = _resolve_args(state_dict, ckpt.config, model, Path(checkpoint).name)
+    if backbone is None:
+        backbone = any(_BACKBONE_NORM.match(k) for k in state_dict)
+    if backbone and "out_indices" not in args:
+        args["out_indices"] = (
+            sorted({int(k[4:].split(".")[0]) for k in state_dict if _BACKBONE_NORM.match(k)})
+            or None
+        )
+    built = _build(args, backbone)
+    if name is not None and not backbone and name in timm.list_models(["nat_*", "dinat_*"]):
+        built.pretrained_cfg = timm.models.get_pretrained_cfg(name).to_dict()
+    load_pretrained(built, {"state_dict": state_dict}, strict=True)
+    return built.eval()
+
+
+def convert_checkpoint(
+    source: str | Path,
+    destination: str | Path,
+    layout: str = "original",
+    model: str | None = None,
+) -> list[Path]:
+    """Convert any supported checkpoint; returns the files written.
+
+    ``layout="original"``: ``destination`` is a ``.safetensors`` file (or a directory to put
+    ``<source stem>.safetensors`` in), with a ``.json`` config beside it. ``layout="hf"``:
+    ``destination`` is a directory receiving ``model.safetensors`` and a transformers
+    ``config.json``. The weights are checked against the architecture before anything is written.
+    """
+    if layout not in ("original", "hf"):
+        raise ValueError(f"layout={layout!r} must be 'original' or 'hf'")
+    source = Path(source)
+    ckpt = formats.read_checkpoint(source)
+    state_dict = formats.to_original(ckpt.state_dict)
+    name, args = _resolve_args(state_dict, ckpt.config, model, source.name)
+    backbone = any(_BACKBONE_NORM.match(k) for k in state_dict)
+    if backbone:
+        args["out_indices"] = sorted(
+            {int(k[4:].split(".")[0]) for k in state_dict if _BACKBONE_NORM.match(k)}
+        )
+        args.pop("num_classes", None)
+    else:
+        args.pop("out_indices", None)
+    target = _build(args, backbone, device="meta")
+    expected = {k: tuple(v.shape) for k, v in target.state_dict().items()}
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    mismatched = [
+        k for k in state_dict if k in expected and tuple(state_dict[k].shape) != expected[k]
+    ]
+    if missing or unexpected or mismatched:
+        report = _mismatch_report(missing, unexpected, mismatched, state_dict, expected)
+        raise CheckpointMismatchError(f"{source} does not fit {name or 'its config'}: {report}")
+    state_dict = {k: state_dict[k] for k in expected}
+    destination = Path(destination)
+    if layout == "hf":
+        if backbone:
+            raise ValueError(
+                f"{source} is a backbone checkpoint; the Hugging Face layout holds classifiers "
+                f"only (use --to original)"
+            )
+        return formats.write_hf(state_dict, destination, args)
+    if destination.is_dir() or destination.suffix == "":
+        destination = (
+            destination / f"{source.stem if source.is_file() else source.name}.safetensors"
+        )
+    config = {
+        "format": "nat-original",
+        "architecture": name,
+        "backbone": backbone,
+        "model_args": args,
+    }
+    return formats.write_original(state_dict, destination, config)
