@@ -1,0 +1,61 @@
+"""Training and evaluation transforms: timm's ``create_transform`` driven by a data config.
+
+A data config is timm's dict (``input_size``, ``interpolation``, ``mean``, ``std``, ``crop_pct``,
+``crop_mode``), normally from ``timm.data.resolve_data_config(model=...)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from timm.data import create_transform
+
+__all__ = ["create_eval_transform", "create_train_transform"]
+
+
+def create_train_transform(
+    data_config: Mapping[str, Any],
+    *,
+    scale: Sequence[float] | None = None,
+    ratio: Sequence[float] | None = None,
+    hflip: float = 0.5,
+    color_jitter: float = 0.4,
+    auto_augment: str | None = None,
+    interpolation: str | None = None,
+    re_prob: float = 0.0,
+    re_mode: str = "pixel",
+    re_count: int = 1,
+) -> Callable:
+    """Random resized crop, flip, colour jitter or RandAugment, normalise, random erasing.
+
+    ``interpolation`` overrides the config's (``"random"`` picks one per image, as in DeiT).
+    """
+    return create_transform(
+        data_config["input_size"],
+        is_training=True,
+        scale=tuple(scale) if scale else None,
+        ratio=tuple(ratio) if ratio else None,
+        hflip=hflip,
+        color_jitter=color_jitter,
+        auto_augment=auto_augment or None,
+        interpolation=interpolation or data_config["interpolation"],
+        mean=data_config["mean"],
+        std=data_config["std"],
+        re_prob=re_prob,
+        re_mode=re_mode,
+        re_count=re_count,
+    )
+
+
+def create_eval_transform(data_config: Mapping[str, Any]) -> Callable:
+    """Resize to ``size / crop_pct``, centre crop, normalise (NAT: 224/0.875 bicubic, crop 224)."""
+    return create_transform(
+        data_config["input_size"],
+        is_training=False,
+        interpolation=data_config["interpolation"],
+        mean=data_config["mean"],
+        std=data_config["std"],
+        crop_pct=data_config["crop_pct"],
+        crop_mode=data_config.get("crop_mode"),
+    )

@@ -1,0 +1,101 @@
+"""DistributedDataParallel plumbing under ``torchrun``: process group, samplers, metric reduction.
+
+Single-process runs use the same code paths with a world of one, so a run under ``torchrun`` with
+N processes and batch B matches one process with batch N*B (same sample order, averaged grads).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DistributedSampler, Sampler
+
+__all__ = [
+    "DistEnv",
+    "ShardSampler",
+    "all_reduce_sum",
+    "barrier",
+    "init_distributed",
+    "train_sampler",
+]
+
+
+_CPU = torch.device("cpu")
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = _CPU
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str | None = None) -> DistEnv:
+    """Join the process group ``torchrun`` describes (``WORLD_SIZE``/``RANK``/``LOCAL_RANK``):
+    NCCL on CUDA, gloo on CPU. Without those variables: one process on ``device`` (default: CUDA
+    when available)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", local_rank if world_size > 1 else torch.cuda.current_device())
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+    return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
+
+
+def barrier(env: DistEnv) -> None:
+    if env.distributed:
+        dist.barrier()
+
+
+def all_reduce_sum(values: list[float], env: DistEnv) -> list[float]:
+    """Element-wise sum over ranks (float64, so counts stay exact)."""
+    if not env.distributed:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=_comm_device(env))
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def _comm_device(env: DistEnv) -> torch.device:
+    return env.device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def train_sampler(length: int, env: DistEnv, seed: int) -> DistributedSampler:
+    """Shuffled per epoch (``set_epoch``) from ``seed``; rank r takes every world-th index."""
+    return DistributedSampler(
+        range(length), num_replicas=env.world_size, rank=env.rank, shuffle=True, seed=seed
+    )
+
+
+class ShardSampler(Sampler[int]):
+    """Evaluation order without padding: rank r takes indices r, r+world, ... so every sample is
+    counted exactly once when the per-rank sums are reduced."""
+
+    def __init__(self, length: int, env: DistEnv) -> None:
+        self.indices = range(env.rank, length, env.world_size)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
