@@ -1,0 +1,229 @@
+"""Model benchmark: NAT against timm's Swin-T and ConvNeXt-T, inference and training.
+
+Per model and dtype: inference throughput (images/s, ``eval()``, no grad) at each inference batch
+size, and one training step (forward, cross-entropy, backward, AdamW step) at the training batch
+size, with their peak memory. bfloat16 runs the model's float32 weights under
+``torch.autocast``, the way mixed-precision training and inference are run. All models of one
+dtype are measured in one interleaved group, and every row carries its ratio to the baseline model
+(Swin-T by default).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from collections.abc import Callable, Sequence
+
+import timm
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .harness import machine_info, measure_group
+
+__all__ = [
+    "BASELINE_MODEL",
+    "DEFAULT_MODELS",
+    "QUICK_MODELS",
+    "TARGET_MODEL",
+    "check_model_targets",
+    "run_models",
+]
+
+DEFAULT_MODELS = ("nat_mini", "nat_tiny", "swin_tiny_patch4_window7_224", "convnext_tiny")
+BASELINE_MODEL = "swin_tiny_patch4_window7_224"
+TARGET_MODEL = "nat_tiny"
+QUICK_MODELS = ("test_vit", "test_convnext")
+"""timm's tiny test models: a smoke test of the whole pipeline in seconds."""
+
+
+def _register_nat_models() -> None:
+    """Importing ``nat.models`` registers NAT/DiNAT with timm (absent while it is being written)."""
+    with contextlib.suppress(ImportError):
+        importlib.import_module("nat.models")
+
+
+def _create(name: str, device: torch.device) -> nn.Module:
+    if not timm.is_model(name):
+        raise ValueError(f"model {name!r} is not registered with timm")
+    return timm.create_model(name, pretrained=False).to(device)
+
+
+def _input_size(model: nn.Module, img_size: int | None) -> tuple[int, int, int]:
+    if img_size is not None:
+        return (3, img_size, img_size)
+    return tuple(model.pretrained_cfg.get("input_size", (3, 224, 224)))
+
+
+def _autocast(device: torch.device, dtype: torch.dtype):
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+
+def _inference_call(
+    model: nn.Module, images: torch.Tensor, device: torch.device, dtype: torch.dtype
+) -> Callable[[], None]:
+    def call() -> None:
+        model.eval()
+        with torch.no_grad(), _autocast(device, dtype):
+            model(images)
+
+    return call
+
+
+def _train_call(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> Callable[[], None]:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+
+    def call() -> None:
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        with _autocast(device, dtype):
+            loss = nn.functional.cross_entropy(model(images), labels)
+        loss.backward()
+        optimizer.step()
+
+    return call
+
+
+def run_models(
+    models: Sequence[str] = DEFAULT_MODELS,
+    device: torch.device | str = "cpu",
+    dtypes: Sequence[torch.dtype] = (torch.float32, torch.bfloat16),
+    batch_sizes: Sequence[int] = (1, 8),
+    train_batch: int = 8,
+    img_size: int | None = None,
+    repeats: int = 5,
+    warmup: int = 2,
+    baseline: str = BASELINE_MODEL,
+    target: str = TARGET_MODEL,
+    progress: bool = True,
+    command: str | None = None,
+    seed: int = 0,
+) -> dict:
+    """Measure ``models``; returns the JSON-ready result (rows, skipped models, machine, settings).
+
+    A model timm does not know is skipped and listed under ``skipped``. The image size is the
+    model's own (``pretrained_cfg["input_size"]``, 224 for the default models) unless given.
+    """
+    device = torch.device(device)
+    _register_nat_models()
+    generator = torch.Generator().manual_seed(seed)
+    loaded: dict[str, nn.Module] = {}
+    skipped: dict[str, str] = {}
+    for name in models:
+        try:
+            torch.manual_seed(seed)
+            loaded[name] = _create(name, device)
+        except (ValueError, RuntimeError) as err:
+            skipped[name] = str(err)
+    tasks = [f"infer_b{b}" for b in batch_sizes] + ["train"]
+    steps = len(dtypes) * len(loaded) * len(tasks) * (warmup + repeats + 1)
+    rows = []
+    with tqdm(total=steps, desc="bench models", unit="call", disable=not progress) as bar:
+        for dtype in dtypes:
+            bar.set_postfix_str(str(dtype).removeprefix("torch."))
+            calls: dict[str, Callable[[], None]] = {}
+            batches: dict[str, int] = {}
+            for name, model in loaded.items():
+                size = _input_size(model, img_size)
+                for b in batch_sizes:
+                    images = torch.randn((b, *size), generator=generator).to(device)
+                    calls[f"{name}|infer_b{b}"] = _inference_call(model, images, device, dtype)
+                    batches[f"{name}|infer_b{b}"] = b
+                images = torch.randn((train_batch, *size), generator=generator).to(device)
+                labels = torch.randint(model.num_classes, (train_batch,), generator=generator).to(
+                    device
+                )
+                calls[f"{name}|train"] = _train_call(model, images, labels, device, dtype)
+                batches[f"{name}|train"] = train_batch
+            measured = measure_group(calls, device, repeats, warmup, on_step=bar.update)
+            for key, m in measured.items():
+                name, task = key.split("|")
+                median_ms = None if m.median_s is None else 1e3 * m.median_s
+                rows.append(
+                    {
+                        "model": name,
+                        "dtype": str(dtype).removeprefix("torch."),
+                        "task": task,
+                        "batch": batches[key],
+                        "img_size": _input_size(loaded[name], img_size)[-1],
+                        "median_ms": median_ms,
+                        "times_ms": [1e3 * t for t in m.times_s],
+                        "images_per_s": None if not median_ms else batches[key] / median_ms * 1e3,
+                        "peak_bytes": m.peak_bytes,
+                        "error": m.error,
+                    }
+                )
+    _add_ratios(rows, baseline)
+    return {
+        "benchmark": "models",
+        "command": command,
+        "machine": machine_info(device),
+        "settings": {
+            "device": str(device),
+            "dtypes": [str(d).removeprefix("torch.") for d in dtypes],
+            "batch_sizes": list(batch_sizes),
+            "train_batch": train_batch,
+            "img_size": img_size,
+            "repeats": repeats,
+            "warmup": warmup,
+            "baseline": baseline,
+            "target": target,
+            "train_step": "forward + cross-entropy + backward + AdamW step",
+            "memory_method": "cuda max_memory_allocated"
+            if device.type == "cuda"
+            else "torch.profiler memory events (live tensor bytes)",
+        },
+        "parameters": {name: sum(p.numel() for p in m.parameters()) for name, m in loaded.items()},
+        "skipped": skipped,
+        "rows": rows,
+        "checks": check_model_targets(rows, baseline, target),
+    }
+
+
+def _add_ratios(rows: list[dict], baseline: str) -> None:
+    """``time_ratio_to_baseline`` and ``memory_ratio_to_baseline`` against the same dtype/task."""
+    base = {(r["dtype"], r["task"]): r for r in rows if r["model"] == baseline}
+    for row in rows:
+        ref = base.get((row["dtype"], row["task"]))
+        row["time_ratio_to_baseline"] = (
+            row["median_ms"] / ref["median_ms"]
+            if ref and ref["median_ms"] and row["median_ms"]
+            else None
+        )
+        row["memory_ratio_to_baseline"] = (
+            row["peak_bytes"] / ref["peak_bytes"]
+            if ref and ref["peak_bytes"] and row["peak_bytes"] is not None
+            else None
+        )
+
+
+def check_model_targets(rows: Sequence[dict], baseline: str, target: str) -> list[dict]:
+    """The issue's targets: ``target`` inference (batch 8, float32) images/s >= ``baseline``'s,
+    and its float32 training step no slower."""
+    index = {(r["model"], r["dtype"], r["task"]): r for r in rows}
+    checks = []
+    for task, label in (
+        ("infer_b8", "inference images/s (batch 8, float32)"),
+        ("train", "training step time (float32)"),
+    ):
+        row, ref = index.get((target, "float32", task)), index.get((baseline, "float32", task))
+        if not row or not ref or not row["median_ms"] or not ref["median_ms"]:
+            continue
+        speedup = ref["median_ms"] / row["median_ms"]
+        checks.append(
+            {
+                "target": f"{label}: {target} vs {baseline}",
+                "method": target,
+                "value": speedup,
+                "rule": ">=",
+                "limit": 1.0,
+                "passed": speedup >= 1.0,
+            }
+        )
+    return checks

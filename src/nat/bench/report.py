@@ -1,0 +1,197 @@
+"""Results as text: Markdown tables (pasted as-is into docs/benchmarks.md) and JSON files."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = [
+    "checks_table",
+    "format_result",
+    "machine_line",
+    "models_table",
+    "ops_table",
+    "write_json",
+]
+
+MIB = 2**20
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3g}" if value < 100 else f"{value:.0f}"
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def _mib(value: int | None) -> str:
+    return "-" if value is None else f"{value / MIB:.1f}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def ops_table(result: dict) -> str:
+    """One line per (shape, method): median ms and peak MiB of both modes, each with ``/ WSA``."""
+    by_key = {(r["shape"], r["method"], r["mode"]): r for r in result["rows"]}
+    order: list[tuple[str, str]] = []
+    for r in result["rows"]:
+        if (r["shape"], r["method"]) not in order:
+            order.append((r["shape"], r["method"]))
+    shapes = {s["name"]: s for s in result["settings"]["shapes"]}
+    lines = []
+    for shape_name, method in order:
+        s = shapes[shape_name]
+        size = f"{s['batch']}x{s['height']}x{s['width']}, {s['heads']}h x {s['head_dim']}"
+        cells = [f"{shape_name} ({size}, k{s['kernel_size']})", method]
+        notes = []
+        for mode in ("forward", "forward+backward"):
+            r = by_key.get((shape_name, method, mode))
+            if r is None:
+                cells += ["", "", "", ""]
+                continue
+            if r["error"]:
+                cells += ["error", "", "", ""]
+                notes.append(f"{mode}: {r['error']}")
+                continue
+            cells += [
+                _ms(r["median_ms"]),
+                _ratio(r["ratio_to_wsa"]),
+                _mib(r["peak_bytes"]),
+                _ratio(r["memory_ratio_to_wsa"]),
+            ]
+        row = next(r for k, r in by_key.items() if k[:2] == (shape_name, method))
+        if not row["rpb"] and s.get("rpb"):
+            notes.insert(0, "no rpb")
+        cells.append("; ".join(notes))
+        lines.append(cells)
+    header = [
+        "shape",
+        "method",
+        "fwd ms",
+        "fwd / WSA",
+        "fwd MiB",
+        "MiB / WSA",
+        "fwd+bwd ms",
+        "fwd+bwd / WSA",
+        "fwd+bwd MiB",
+        "MiB / WSA",
+        "note",
+    ]
+    return _table(header, lines)
+
+
+def models_table(result: dict) -> str:
+    """One line per (model, dtype): images/s per batch, training step, peaks, ratios to baseline."""
+    rows = result["rows"]
+    batch_sizes = result["settings"]["batch_sizes"]
+    baseline = result["settings"]["baseline"]
+    by_key = {(r["model"], r["dtype"], r["task"]): r for r in rows}
+    order: list[tuple[str, str]] = []
+    for r in rows:
+        if (r["model"], r["dtype"]) not in order:
+            order.append((r["model"], r["dtype"]))
+    largest = f"infer_b{max(batch_sizes)}"
+    lines = []
+    for model, dtype in order:
+        cells = [model, dtype]
+        errors = []
+        for b in batch_sizes:
+            r = by_key[(model, dtype, f"infer_b{b}")]
+            cells.append("error" if r["error"] else _ms(r["images_per_s"]))
+            if r["error"]:
+                errors.append(f"b{b}: {r['error']}")
+        big = by_key[(model, dtype, largest)]
+        speed = None if not big["time_ratio_to_baseline"] else 1 / big["time_ratio_to_baseline"]
+        cells += [_ratio(speed), _mib(big["peak_bytes"])]
+        train = by_key[(model, dtype, "train")]
+        if train["error"]:
+            errors.append(f"train: {train['error']}")
+        cells += [
+            "error" if train["error"] else _ms(train["median_ms"]),
+            _ratio(train["time_ratio_to_baseline"]),
+            _mib(train["peak_bytes"]),
+            _ratio(train["memory_ratio_to_baseline"]),
+            "; ".join(errors),
+        ]
+        lines.append(cells)
+    b = max(batch_sizes)
+    train_batch = result["settings"]["train_batch"]
+    header = [
+        "model",
+        "dtype",
+        *(f"img/s b{size}" for size in batch_sizes),
+        f"img/s b{b} / {_short(baseline)}",
+        f"infer b{b} MiB",
+        f"train step ms (b{train_batch})",
+        f"train time / {_short(baseline)}",
+        "train MiB",
+        "MiB / " + _short(baseline),
+        "note",
+    ]
+    return _table(header, lines)
+
+
+def _short(model: str) -> str:
+    return {"swin_tiny_patch4_window7_224": "Swin-T"}.get(model, model)
+
+
+def checks_table(result: dict) -> str:
+    """The targets of the issue with their measured value and verdict."""
+    if not result.get("checks"):
+        return "(no targets apply to these measurements)"
+    lines = []
+    for c in result["checks"]:
+        verdict = "n/a" if c["passed"] is None else ("PASS" if c["passed"] else "FAIL")
+        value = "-" if c["value"] is None else f"{c['value']:.2f}"
+        lines.append([c["target"], c["method"], value, f"{c['rule']} {c['limit']:g}", verdict])
+    return _table(["target", "method", "value", "needed", "verdict"], lines)
+
+
+def machine_line(result: dict) -> str:
+    """The machine in one line: CPU, cores, threads, load, versions."""
+    m = result["machine"]
+    load = m.get("load_average")
+    parts = [
+        m["cpu"],
+        f"{m['usable_cores']} usable cores",
+        f"{m['torch_threads']} torch threads",
+        f"torch {m['torch']}",
+    ]
+    if m.get("gpu"):
+        parts.insert(0, m["gpu"])
+    if load:
+        parts.append(f"load average {load[0]:.1f} at start")
+    return ", ".join(parts)
+
+
+def format_result(result: dict) -> str:
+    """Everything printed after a run: machine, command, table, targets."""
+    table = ops_table(result) if result["benchmark"] == "ops" else models_table(result)
+    lines = [f"machine: {machine_line(result)}"]
+    if result.get("command"):
+        lines.append(f"command: {result['command']}")
+    settings = result["settings"]
+    dtype = settings.get("dtype") or ",".join(settings.get("dtypes", []))
+    lines.append(
+        f"{dtype}, median of {settings['repeats']} interleaved repeats after "
+        f"{settings['warmup']} warm-up, peak memory from {settings['memory_method']}"
+    )
+    lines += ["", table, "", checks_table(result)]
+    for name, why in result.get("skipped", {}).items():
+        lines.append(f"skipped {name}: {why}")
+    return "\n".join(lines)
+
+
+def write_json(result: dict, path: str | Path) -> None:
+    """Write ``result`` as indented JSON, creating the folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")

@@ -1,0 +1,270 @@
+"""``nat bench ops``, ``nat bench models`` and ``nat bench plot``: the benchmark suite."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+from pathlib import Path
+
+import torch
+
+from . import CLIError
+
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def _names(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(part) for part in _names(text)]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from err
+
+
+def _dtypes(text: str) -> list[torch.dtype]:
+    unknown = [name for name in _names(text) if name not in DTYPES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown dtype {unknown[0]!r}; one of {list(DTYPES)}")
+    return [DTYPES[name] for name in _names(text)]
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _common(parser: argparse.ArgumentParser, repeats: int, dtype: str) -> None:
+    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    parser.add_argument(
+        "--repeats", type=int, help=f"timed repeats per measurement (default: {repeats})"
+    )
+    parser.add_argument("--warmup", type=int, help="untimed warm-up calls first (default: 2)")
+    parser.add_argument(
+        "--dtype", type=_dtypes, default=_dtypes(dtype), help=f"comma-separated (default: {dtype})"
+    )
+    parser.add_argument("--json", type=Path, metavar="PATH", help="write all results as JSON")
+    parser.add_argument("--plot", type=Path, metavar="PATH", help="draw the results (PNG)")
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny shapes/models and few repeats: a smoke test"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    bench = subparsers.add_parser(
+        "bench", help="benchmark the operator and the models", description=__doc__
+    )
+    commands = bench.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)
+
+    ops = commands.add_parser(
+        "ops",
+        help="neighborhood attention vs WSA, unfold-NA, dense SDPA and NATTEN",
+        description="Time and peak memory of 2-D neighborhood attention through every backend, "
+        "against Swin window attention (WSA), an unfold-based NA, dense SDPA and NATTEN "
+        "(when installed), with each method's ratio to WSA.",
+    )
+    _common(ops, repeats=10, dtype="float32")
+    ops.add_argument(
+        "--shapes",
+        type=_names,
+        help="comma-separated names: stage1..stage4, stages, large, quick14, quick9, quick "
+        "(default: stages,large; with --quick: quick)",
+    )
+    ops.add_argument(
+        "--backends", type=_names, help="nat backends to run (default: every available one)"
+    )
+    ops.add_argument(
+        "--baselines",
+        type=_names,
+        help="comma-separated from unfold, natten, wsa, sdpa (default: all; natten if installed)",
+    )
+    ops.add_argument(
+        "--modes",
+        type=_names,
+        default=["forward", "forward+backward"],
+        help="forward and/or forward+backward (default: both)",
+    )
+    ops.set_defaults(func=run_ops_command)
+
+    models = commands.add_parser(
+        "models",
+        help="NAT vs Swin-T and ConvNeXt-T: images/s, training step, peak memory",
+        description="Inference throughput and training step time/memory of timm models, "
+        "with each model's ratio to the baseline (Swin-T).",
+    )
+    _common(models, repeats=5, dtype="float32,bfloat16")
+    models.add_argument(
+        "--models",
+        type=_names,
+        help="timm model names (default: nat_mini,nat_tiny,swin_tiny_patch4_window7_224,"
+        "convnext_tiny; with --quick: test_vit,test_convnext)",
+    )
+    models.add_argument("--baseline", help="model the ratios refer to (default: Swin-T)")
+    models.add_argument("--batch-sizes", type=_ints, help="inference batch sizes (default: 1,8)")
+    models.add_argument("--train-batch", type=int, help="training batch size (default: 8)")
+    models.add_argument("--img-size", type=int, help="input resolution (default: the model's)")
+    models.set_defaults(func=run_models_command)
+
+    plot = commands.add_parser("plot", help="draw a saved JSON result (PNG)")
+    plot.add_argument("result", type=Path, help="JSON written by --json")
+    plot.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    plot.set_defaults(func=plot_command)
+
+
+def _setup(args: argparse.Namespace) -> torch.device:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise CLIError(f"--threads={args.threads} must be >= 1")
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError(f"--device={args.device}: CUDA is not available")
+    return device
+
+
+def _finish(args: argparse.Namespace, result: dict) -> int:
+    from ..bench import format_result, plot_result, write_json
+
+    print(format_result(result))
+    if args.json:
+        write_json(result, args.json)
+        print(f"wrote {args.json}")
+    if args.plot:
+        plot_result(result, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _command(words: list[str], args: argparse.Namespace) -> str:
+    """The command that repeats this run, every setting spelled out."""
+    if args.json:
+        words += ["--json", str(args.json)]
+    if args.plot:
+        words += ["--plot", str(args.plot)]
+    return shlex.join(words)
+
+
+def run_ops_command(args: argparse.Namespace) -> int:
+    from ..bench import ops
+
+    device = _setup(args)
+    shapes = ops.shapes_by_name(args.shapes or (["quick"] if args.quick else ["stages", "large"]))
+    repeats = args.repeats or (3 if args.quick else 10)
+    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
+    if len(args.dtype) != 1:
+        raise CLIError("nat bench ops takes one --dtype")
+    methods = ops.default_methods(device, args.backends, args.baselines)
+    command = _command(
+        [
+            "nat",
+            "bench",
+            "ops",
+            "--device",
+            str(device),
+            "--threads",
+            str(torch.get_num_threads()),
+            "--dtype",
+            _dtype_name(args.dtype[0]),
+            "--repeats",
+            str(repeats),
+            "--warmup",
+            str(warmup),
+            "--shapes",
+            ",".join(s.name for s in shapes),
+            "--backends",
+            ",".join(m.name.removeprefix("na/") for m in methods if m.name.startswith("na/")),
+            "--baselines",
+            ",".join(m.name for m in methods if not m.name.startswith("na/")),
+            "--modes",
+            ",".join(args.modes),
+        ],
+        args,
+    )
+    result = ops.run_ops(
+        shapes,
+        device,
+        args.dtype[0],
+        methods,
+        repeats,
+        warmup,
+        args.modes,
+        progress=not args.no_progress,
+        command=command,
+    )
+    return _finish(args, result)
+
+
+def run_models_command(args: argparse.Namespace) -> int:
+    from ..bench import models as bench_models
+
+    device = _setup(args)
+    names = args.models or list(
+        bench_models.QUICK_MODELS if args.quick else bench_models.DEFAULT_MODELS
+    )
+    baseline = args.baseline or (names[0] if args.quick else bench_models.BASELINE_MODEL)
+    batch_sizes = args.batch_sizes or ([1, 2] if args.quick else [1, 8])
+    train_batch = args.train_batch or (2 if args.quick else 8)
+    repeats = args.repeats or (2 if args.quick else 5)
+    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
+    words = [
+        "nat",
+        "bench",
+        "models",
+        "--device",
+        str(device),
+        "--threads",
+        str(torch.get_num_threads()),
+        "--dtype",
+        ",".join(_dtype_name(d) for d in args.dtype),
+        "--repeats",
+        str(repeats),
+        "--warmup",
+        str(warmup),
+        "--models",
+        ",".join(names),
+        "--baseline",
+        baseline,
+        "--batch-sizes",
+        ",".join(map(str, batch_sizes)),
+        "--train-batch",
+        str(train_batch),
+    ]
+    if args.img_size:
+        words += ["--img-size", str(args.img_size)]
+    result = bench_models.run_models(
+        names,
+        device,
+        args.dtype,
+        batch_sizes,
+        train_batch,
+        args.img_size,
+        repeats,
+        warmup,
+        baseline,
+        progress=not args.no_progress,
+        command=_command(words, args),
+    )
+    return _finish(args, result)
+
+
+def plot_command(args: argparse.Namespace) -> int:
+    from ..bench import plot_result
+
+    result = json.loads(args.result.read_text())
+    plot_result(result, args.out)
+    print(f"wrote {args.out}")
+    return 0

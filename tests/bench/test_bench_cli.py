@@ -1,0 +1,92 @@
+"""``nat bench`` runs end to end on tiny inputs and writes valid JSON and plots."""
+
+import json
+
+from nat.cli import main
+
+FAST = ["--repeats", "1", "--warmup", "0", "--no-progress"]
+
+
+def test_bench_ops_quick_writes_json_with_ratios_to_wsa(tmp_path, capsys):
+    path = tmp_path / "ops.json"
+    assert main(["bench", "ops", "--quick", "--json", str(path), *FAST]) == 0
+    result = json.loads(path.read_text())
+    methods = {r["method"] for r in result["rows"]}
+    wsa = [r for r in result["rows"] if r["method"] == "wsa"]
+    assert {"na/torch", "unfold", "wsa", "sdpa"} <= methods
+    assert all(r["ratio_to_wsa"] == 1.0 and len(r["times_ms"]) == 1 for r in wsa)
+    assert result["machine"]["torch_threads"] >= 1 and result["command"].startswith("nat bench ops")
+    assert "| wsa |" in capsys.readouterr().out
+
+
+def test_bench_ops_selects_backends_shapes_and_modes(tmp_path):
+    path = tmp_path / "ops.json"
+    argv = [
+        "bench",
+        "ops",
+        "--shapes",
+        "quick9",
+        "--backends",
+        "torch",
+        "--baselines",
+        "wsa",
+        "--modes",
+        "forward",
+        "--json",
+        str(path),
+        *FAST,
+    ]
+    assert main(argv) == 0
+    rows = json.loads(path.read_text())["rows"]
+    assert {(r["shape"], r["method"], r["mode"]) for r in rows} == {
+        ("quick9", "na/torch", "forward"),
+        ("quick9", "wsa", "forward"),
+    }
+
+
+def test_bench_models_quick_writes_json(tmp_path):
+    path = tmp_path / "models.json"
+    argv = [
+        "bench",
+        "models",
+        "--quick",
+        "--models",
+        "test_vit,not_a_model",
+        "--dtype",
+        "float32",
+        "--batch-sizes",
+        "1",
+        "--json",
+        str(path),
+        *FAST,
+    ]
+    assert main(argv) == 0
+    result = json.loads(path.read_text())
+    assert {(r["model"], r["task"]) for r in result["rows"]} == {
+        ("test_vit", "infer_b1"),
+        ("test_vit", "train"),
+    }
+    assert all(r["median_ms"] > 0 and r["peak_bytes"] > 0 for r in result["rows"])
+    assert "not_a_model" in result["skipped"]
+
+
+def test_bench_plot_writes_png(tmp_path):
+    data, png, replot = tmp_path / "ops.json", tmp_path / "ops.png", tmp_path / "again.png"
+    argv = [
+        "bench",
+        "ops",
+        "--shapes",
+        "quick9",
+        "--backends",
+        "torch",
+        "--baselines",
+        "wsa",
+        "--json",
+        str(data),
+        "--plot",
+        str(png),
+        *FAST,
+    ]
+    assert main(argv) == 0
+    assert main(["bench", "plot", str(data), "--out", str(replot)]) == 0
+    assert png.read_bytes()[:8] == replot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
