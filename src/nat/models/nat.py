@@ -425,32 +425,18 @@ class NATBackbone(nn.Module):
         self.feature_info = FeatureInfo(_feature_info(embed_dim, levels), out_indices)
         self.out_channels = self.feature_info.channels()
         self.strides = self.feature_info.reduction()
-        for i in out_indices:
-            self.add_module(f"norm{i}", norm_layer(embed_dim * 2**i))
+        for i in range(levels):
+            name = f"norm{i}"
+            if i not in out_indices and hasattr(self, name):
+                delattr(self, name)
+            elif i in out_indices and not hasattr(self, name):
+                self.add_module(name, norm_layer(embed_dim * 2**i))
 
-    @classmethod
-    def from_classifier(
-        cls, model: NAT, out_indices: Sequence[int] | None = None, frozen_stages: int = -1, **_: Any
-    ) -> NATBackbone:
-        """The backbone sharing ``model``'s stem and levels (with fresh ``norm{i}`` layers).
-
-        This is timm's ``features_only`` adapter, so ``timm.create_model(..., features_only=True)``
-        gives the same outputs and keys as the mm* backbones.
-        """
-        backbone = cls.__new__(cls)
-        nn.Module.__init__(backbone)
-        backbone.patch_embed = model.patch_embed
-        backbone.pos_drop = model.pos_drop
-        backbone.levels = model.levels
-        norm_layer = type(model.norm)
-        backbone._set_outputs(model.embed_dim, out_indices, norm_layer)
-        for i in backbone.out_indices:
-            getattr(backbone, f"norm{i}").to(model.norm.weight.device).apply(_init_weights)
-        backbone.kernel_size = model.kernel_size
-        backbone.dilations = model.dilations
-        backbone.frozen_stages = _check_frozen_stages(frozen_stages, len(model.levels))
-        backbone._freeze()
-        return backbone
+    def select_outputs(self, out_indices: Sequence[int]) -> NATBackbone:
+        """Keep only the outputs (and ``norm{i}`` layers) of ``out_indices``; returns ``self``."""
+        embed_dim = self.patch_embed.proj[1].out_channels
+        self._set_outputs(embed_dim, out_indices, type(self.patch_embed.norm))
+        return self
 
     def _frozen_modules(self) -> list[nn.Module]:
         if self.frozen_stages < 0:
@@ -505,20 +491,32 @@ def _check_frozen_stages(frozen_stages: int, levels: int) -> int:
 
 
 def checkpoint_filter_fn(state_dict: dict[str, Any], model: nn.Module) -> dict[str, torch.Tensor]:
-    """timm's filter for state dicts passed in memory: any supported layout -> the original one."""
-    from .formats import to_original
+    """timm's filter: any supported layout -> the original one, adapted to ``model``."""
+    from .pretrained import fit_state_dict
 
-    return to_original(state_dict)
+    return fit_state_dict(model, state_dict)
 
 
-def _create_nat(variant: str, pretrained: bool = False, **kwargs: Any) -> NAT:
-    levels = len(kwargs["depths"])
+def _select_features(model: NATBackbone, out_indices: Sequence[int], **_: Any) -> NATBackbone:
+    return model.select_outputs(out_indices)
+
+
+def _create_nat(variant: str, pretrained: bool = False, **kwargs: Any) -> NAT | NATBackbone:
+    """timm's builder; ``features_only=True`` builds a :class:`NATBackbone` (mm* layout)."""
+    features_only = kwargs.get("features_only", False)
+    overlay = kwargs.get("pretrained_cfg_overlay") or {}
+    if overlay.get("file"):
+        # timm would read local files itself; ours also reads directories and names every mismatch.
+        kwargs["pretrained_cfg_overlay"] = {"custom_load": True, **overlay}
     return build_model_with_cfg(
-        NAT,
+        NATBackbone if features_only else NAT,
         variant,
         pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(feature_cls=NATBackbone.from_classifier, out_indices=tuple(range(levels))),
+        feature_cfg=dict(
+            feature_cls=_select_features, out_indices=tuple(range(len(kwargs["depths"])))
+        ),
+        kwargs_filter=("num_classes", "global_pool") if features_only else None,
         **kwargs,
     )
 

@@ -28,6 +28,7 @@ __all__ = [
     "CheckpointMismatchError",
     "LoadResult",
     "convert_checkpoint",
+    "fit_state_dict",
     "identify_variant",
     "load_model",
     "load_pretrained",
@@ -97,6 +98,21 @@ def load_pretrained(
     )
 
 
+def fit_state_dict(model: nn.Module, checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """``checkpoint`` in any layout -> a state dict for ``model``, adapted like
+    :func:`load_pretrained` does; keys it may leave out keep ``model``'s current values.
+
+    Differences beyond those adaptations are left for ``load_state_dict`` to report (this is the
+    ``pretrained_filter_fn`` timm applies to in-memory state dicts).
+    """
+    current = model.state_dict()
+    expected = {k: tuple(v.shape) for k, v in current.items()}
+    state_dict, allowed = _adapt(model, formats.to_original(checkpoint), expected)
+    for key in allowed:
+        state_dict.setdefault(key, current[key])
+    return state_dict
+
+
 def _adapt(
     model: nn.Module, state_dict: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]]
 ) -> tuple[dict[str, torch.Tensor], set[str]]:
@@ -120,9 +136,10 @@ def _adapt(
             stacklevel=3,
         )
     elif model_is_backbone:
-        # A backbone with fewer out_indices than the checkpoint simply has fewer norms.
+        # Backbones may differ in out_indices: only the norms of shared outputs carry over.
         for key in [k for k in state_dict if _BACKBONE_NORM.match(k) and k not in expected]:
             del state_dict[key]
+        allowed |= {k for k in expected if _BACKBONE_NORM.match(k)}
 
     head = [k for k in ("head.weight", "head.bias") if k in state_dict]
     if head and not model_is_backbone:
