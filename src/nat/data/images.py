@@ -7,13 +7,15 @@ readable one with a warning, keeping batch sizes (and so Mixup pairs and DDP sha
 
 from __future__ import annotations
 
-import warnings
+import logging
 from pathlib import Path
 
 from PIL import Image
 from timm.data import ImageDataset
 
 __all__ = ["ImageFolderDataset", "UnreadableImageError"]
+
+_logger = logging.getLogger(__name__)
 
 _IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
@@ -75,7 +77,7 @@ class ImageFolderDataset(ImageDataset):
             except UnreadableImageError as err:
                 if not self.skip_bad_images:
                     raise
-                warnings.warn(f"skipping {err}", RuntimeWarning, stacklevel=2)
+                _logger.warning("skipping %s", err)
         else:
             raise UnreadableImageError(f"no readable image in {self.reader.root}")
         target = self.reader.samples[i][1]

@@ -51,10 +51,11 @@ def load_classifier_weights(
     """Load weights from ``checkpoint`` into ``model`` strictly and return the checkpoint dict.
 
     Training checkpoints of this package (``model`` plus ``config``) load directly and are checked
-    to be of ``model_name``; other files (the published NAT/DiNAT weights, timm or Hugging Face
-    layouts) go through :func:`nat.models.load_pretrained`, which detects the format. A missing
-    or extra key or a shape mismatch (e.g. another ``num_classes``) raises
-    :class:`CheckpointError` with a one-line summary. ``state`` is the already loaded file.
+    to be of ``model_name``; other files go through :func:`nat.models.load_pretrained` for NAT/DiNAT
+    (it detects the published, mm*, Hugging Face and safetensors layouts), else load as a state
+    dict (bare or under ``state_dict``/``model``). A missing or extra key or a shape mismatch
+    (e.g. another ``num_classes``) raises :class:`CheckpointError` with a one-line summary.
+    ``state``: the file's contents when already loaded.
     """
     if state is None:
         state = load_checkpoint(checkpoint)
@@ -65,16 +66,16 @@ def load_classifier_weights(
                 f"checkpoint {str(checkpoint)!r} holds a {trained} model, not {model_name}"
             )
         _load_strict(model, state["model"], checkpoint)
-    elif not hasattr(models, "load_pretrained"):
-        _load_strict(model, state.get("state_dict", state.get("model", state)), checkpoint)
-    else:
+    elif isinstance(model, models.NAT):
         try:
             models.load_pretrained(model, checkpoint)
-        except (RuntimeError, KeyError) as err:
+        except models.CheckpointMismatchError as err:
             raise CheckpointError(
                 f"checkpoint {str(checkpoint)!r} does not fit {model_name or 'the model'}: "
-                f"{str(err).strip().splitlines()[0][:300]}"
+                f"{str(err).strip().splitlines()[0][:400]}"
             ) from None
+    else:
+        _load_strict(model, state.get("state_dict", state.get("model", state)), checkpoint)
     return state
 
 
