@@ -1,0 +1,261 @@
+"""Checkpoint formats: each published layout, built synthetically from the key lists, loads
+strictly; conversions round-trip to the same logits; unsafe or mismatched files are refused."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import pytest
+import safetensors.torch
+import timm
+import torch
+
+import nat
+from nat.models import (
+    NATBackbone,
+    convert_checkpoint,
+    detect_layout,
+    load_model,
+    load_pretrained,
+)
+from nat.models.pretrained import CheckpointMismatchError
+
+from .synthetic import synthetic_state_dict, to_hf
+
+
+@pytest.fixture(scope="module")
+def mini_sd():
+    return synthetic_state_dict("nat_mini")
+
+
+@pytest.fixture(scope="module")
+def mini_model():
+    return timm.create_model("nat_mini")
+
+
+def assert_loaded(model, state_dict):
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in state_dict.items())
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        lambda sd: sd,
+        lambda sd: {"state_dict": sd},
+        lambda sd: {"model": sd, "optimizer": {"lr": 0.1}, "epoch": 3},
+        lambda sd: {"meta": {"mmcls_version": "0.1", "epoch": 300}, "state_dict": sd},
+        lambda sd: {"module." + k: v for k, v in sd.items()},
+    ],
+    ids=["bare", "state_dict", "model", "mmcv-meta", "ddp-module"],
+)
+def test_original_layouts_load_strictly(tmp_path, mini_sd, mini_model, wrap):
+    path = tmp_path / "ckpt.pth"
+    torch.save(wrap(mini_sd), path)
+    load_pretrained(mini_model, path, strict=True)
+    assert_loaded(mini_model, mini_sd)
+
+
+def test_ema_weights_are_preferred(tmp_path, mini_sd, mini_model):
+    other = synthetic_state_dict("nat_mini", seed=1)
+    torch.save({"state_dict": other, "state_dict_ema": mini_sd}, tmp_path / "ckpt.pth")
+    load_pretrained(mini_model, tmp_path / "ckpt.pth")
+    assert_loaded(mini_model, mini_sd)
+
+
+def test_mm_detection_checkpoint_loads_into_the_backbone(tmp_path):
+    sd = synthetic_state_dict("nat_tiny_backbone")
+    detector = {"backbone." + k: v for k, v in sd.items()}
+    detector |= {"neck.lateral_convs.0.conv.weight": torch.zeros(256, 64, 1, 1)}
+    detector |= {"roi_head.bbox_head.fc_cls.weight": torch.zeros(81, 1024)}
+    torch.save(
+        {"meta": {"CLASSES": ("person", "car")}, "state_dict": detector}, tmp_path / "det.pth"
+    )
+    backbone = NATBackbone(embed_dim=64, mlp_ratio=3, depths=(3, 4, 18, 5), num_heads=(2, 4, 8, 16))
+    load_pretrained(backbone, tmp_path / "det.pth", strict=True)
+    assert_loaded(backbone, sd)
+
+
+def test_mm_checkpoint_through_timm_features_only(tmp_path):
+    sd = synthetic_state_dict("nat_tiny_backbone")
+    torch.save({"state_dict": {"backbone." + k: v for k, v in sd.items()}}, tmp_path / "seg.pth")
+    model = timm.create_model(
+        "nat_tiny",
+        features_only=True,
+        pretrained=True,
+        pretrained_cfg_overlay=dict(file=str(tmp_path / "seg.pth")),
+    )
+    assert_loaded(model, sd)
+
+
+@pytest.mark.parametrize("filename", ["pytorch_model.bin", "model.safetensors"])
+def test_hugging_face_files_load_strictly(tmp_path, mini_sd, mini_model, filename):
+    hf = to_hf(mini_sd, "nat")
+    path = tmp_path / filename
+    if filename.endswith(".safetensors"):
+        safetensors.torch.save_file(hf, str(path))
+    else:
+        torch.save(hf, path)
+    assert detect_layout(hf) == "hf"
+    load_pretrained(mini_model, path, strict=True)
+    assert_loaded(mini_model, mini_sd)
+
+
+def write_hf_dinat_mini(directory: pathlib.Path, sd: dict) -> None:
+    directory.mkdir()
+    safetensors.torch.save_file(to_hf(sd, "dinat"), str(directory / "model.safetensors"))
+    config = {
+        "model_type": "dinat",
+        "embed_dim": 64,
+        "depths": [3, 4, 6, 5],
+        "num_heads": [2, 4, 8, 16],
+        "kernel_size": 7,
+        "mlp_ratio": 3.0,
+        "layer_scale_init_value": 0.0,
+        "drop_path_rate": 0.2,
+        "dilations": [[1, 8, 1], [1, 4, 1, 4], [1, 2, 1, 2, 1, 2], [1, 1, 1, 1, 1]],
+        "id2label": {str(i): str(i) for i in range(1000)},
+    }
+    (directory / "config.json").write_text(json.dumps(config))
+
+
+def test_hub_directory_builds_the_right_model(tmp_path):
+    sd = synthetic_state_dict("dinat_mini")
+    write_hf_dinat_mini(tmp_path / "dinat-mini-in1k-224", sd)
+    model = load_model(tmp_path / "dinat-mini-in1k-224")
+    assert model.dilations == [[1, 8, 1], [1, 4, 1, 4], [1, 2] * 3, [1] * 5]
+    assert_loaded(model, sd)
+
+
+def test_hub_directory_through_timm_overlay(tmp_path):
+    sd = synthetic_state_dict("dinat_mini")
+    write_hf_dinat_mini(tmp_path / "hub", sd)
+    model = timm.create_model(
+        "dinat_mini", pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "hub"))
+    )
+    assert_loaded(model, sd)
+
+
+def test_hub_config_with_other_dilations_warns(tmp_path):
+    write_hf_dinat_mini(tmp_path / "hub", synthetic_state_dict("dinat_mini"))
+    with pytest.warns(UserWarning, match="config has dilations="):
+        load_pretrained(timm.create_model("nat_mini"), tmp_path / "hub")
+
+
+def test_safetensors_is_recognised_by_content(tmp_path, mini_sd, mini_model):
+    safetensors.torch.save_file(mini_sd, str(tmp_path / "weights.pt"))
+    load_pretrained(mini_model, tmp_path / "weights.pt")
+    assert_loaded(mini_model, mini_sd)
+
+
+class _Payload:
+    """Pickles as a call that would create a file when unpickled."""
+
+    def __init__(self, marker: pathlib.Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (self.marker,))
+
+
+def test_pickled_code_is_refused_not_run(tmp_path, mini_sd, mini_model):
+    marker = tmp_path / "code-was-run"
+    torch.save({"state_dict": mini_sd, "extra": _Payload(marker)}, tmp_path / "evil.pth")
+    with pytest.raises(ValueError, match=r"carries pickled Python objects.*refused"):
+        load_pretrained(mini_model, tmp_path / "evil.pth")
+    assert not marker.exists()
+
+
+def test_shape_mismatch_names_key_and_both_shapes(mini_sd):
+    model = nat.models.NAT(embed_dim=64, mlp_ratio=2, depths=(3, 4, 6, 5), num_heads=(2, 4, 8, 16))
+    with pytest.raises(
+        CheckpointMismatchError,
+        match=r"levels\.0\.blocks\.0\.mlp\.fc1\.weight: checkpoint \[192, 64\] "
+        r"vs model \[128, 64\]",
+    ):
+        load_pretrained(model, mini_sd)
+
+
+def test_missing_and_unexpected_keys_are_named(mini_sd, mini_model):
+    broken = dict(mini_sd)
+    broken["levels.9.blocks.0.extra"] = broken.pop("levels.1.blocks.2.attn.rpb")
+    with pytest.raises(CheckpointMismatchError) as err:
+        load_pretrained(mini_model, broken)
+    assert "missing keys (levels.1.blocks.2.attn.rpb)" in str(err.value)
+    assert "unexpected keys (levels.9.blocks.0.extra)" in str(err.value)
+
+
+def test_non_strict_loading_skips_with_a_warning(mini_sd):
+    model = timm.create_model("nat_mini")
+    broken = dict(mini_sd)
+    del broken["levels.1.blocks.2.attn.rpb"]
+    with pytest.warns(UserWarning, match=r"missing keys \(levels\.1\.blocks\.2\.attn\.rpb\)"):
+        result = load_pretrained(model, broken, strict=False)
+    assert result.missing_keys == ["levels.1.blocks.2.attn.rpb"]
+    assert torch.equal(model.head.weight, mini_sd["head.weight"])
+
+
+def test_other_num_classes_drops_the_head_with_a_warning(mini_sd):
+    model = timm.create_model("nat_mini", num_classes=10)
+    head = model.head.weight.clone()
+    with pytest.warns(UserWarning, match="checkpoint has 1000 classes and the model 10"):
+        load_pretrained(model, mini_sd)
+    assert torch.equal(model.head.weight, head)
+    assert torch.equal(model.norm.weight, mini_sd["norm.weight"])
+
+
+def logits(model, seed=0):
+    x = torch.randn(2, 3, 32, 48, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        return model.eval()(x)
+
+
+def test_round_trips_keep_the_logits(tmp_path):
+    model = timm.create_model(
+        "nat_small"
+    )  # layer scale: exercises gamma <-> layer_scale_parameters
+    expected = logits(model)
+    torch.save({"model": model.state_dict()}, tmp_path / "nat_small.pth")
+    original, sidecar = convert_checkpoint(tmp_path / "nat_small.pth", tmp_path / "out")
+    assert json.loads(sidecar.read_text())["architecture"] == "nat_small"
+    hf_files = convert_checkpoint(original, tmp_path / "hf", layout="hf")
+    back, _ = convert_checkpoint(tmp_path / "hf", tmp_path / "back.safetensors")
+    for path in (original, tmp_path / "hf", back):
+        assert torch.equal(logits(load_model(path)), expected)
+    assert json.loads(hf_files[1].read_text())["layer_scale_init_value"] == pytest.approx(1e-5)
+
+
+def test_dinat_round_trip_keeps_the_dilations(tmp_path):
+    model = timm.create_model("dinat_mini")
+    expected = logits(model)
+    torch.save(model.state_dict(), tmp_path / "dinat_mini_in1k_224.pth")
+    convert_checkpoint(tmp_path / "dinat_mini_in1k_224.pth", tmp_path / "hf", layout="hf")
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["model_type"] == "dinat"
+    rebuilt = load_model(tmp_path / "hf")
+    assert rebuilt.dilations == model.dilations
+    assert torch.equal(logits(rebuilt), expected)
+
+
+def test_nat_and_dinat_weights_are_told_apart_only_by_name(tmp_path, mini_sd):
+    torch.save(mini_sd, tmp_path / "weights.pth")
+    with pytest.raises(ValueError, match=r"fits \['dinat_mini', 'nat_mini'\]"):
+        convert_checkpoint(tmp_path / "weights.pth", tmp_path / "out.safetensors")
+    _, sidecar = convert_checkpoint(
+        tmp_path / "weights.pth", tmp_path / "out.safetensors", model="dinat_mini"
+    )
+    assert json.loads(sidecar.read_text())["model_args"]["dilations"][0] == [1, 8, 1]
+
+
+def test_backbone_checkpoint_has_no_hugging_face_layout(tmp_path):
+    sd = synthetic_state_dict("nat_tiny_backbone")
+    torch.save(
+        {"state_dict": {"backbone." + k: v for k, v in sd.items()}},
+        tmp_path / "nat_tiny_upernet.pth",
+    )
+    with pytest.raises(ValueError, match="backbone checkpoint"):
+        convert_checkpoint(tmp_path / "nat_tiny_upernet.pth", tmp_path / "hf", layout="hf")
+    path, _ = convert_checkpoint(tmp_path / "nat_tiny_upernet.pth", tmp_path / "bb.safetensors")
+    backbone = load_model(path)
+    assert isinstance(backbone, NATBackbone)
+    assert_loaded(backbone, sd)
