@@ -18,7 +18,7 @@ from typing import NamedTuple
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
-from . import reference, torch_backend
+from . import cpu, reference, torch_backend
 from .spec import NAParams
 
 __all__ = [
@@ -258,6 +258,14 @@ def na_op(
     return out
 
 
+register_backend(
+    "cpu",
+    cpu.na_forward,
+    cpu.na_backward,
+    devices=("cpu",),
+    is_available=cpu.is_available,
+    priority=10,
+)
 register_backend(
     "torch",
     torch_backend.na_forward,

@@ -272,7 +272,8 @@ def _neighbor_table_cpu(
         flat_valid = outer(flat_valid, valid[axis], torch.logical_and)
         flat_bias = outer(flat_bias, bias[axis], lambda a, t, k=k: a * (2 * k - 1) + t)
     mask = None if bool(flat_valid.all()) else flat_valid
-    return flat_key.contiguous(), mask, flat_bias.contiguous()
+    # int32 halves the tables; every backend (and torch indexing) accepts it.
+    return flat_key.to(torch.int32).contiguous(), mask, flat_bias.to(torch.int32).contiguous()
 
 
 _DEVICE_TABLES: dict = {}

@@ -1,0 +1,127 @@
+"""The fused CPU backend: a C++ kernel built with PyTorch's ``cpp_extension``.
+
+The kernel (``na_cpu.cpp``) is compiled once per machine, the first time it is needed (or by
+``python -m nat.ops.cpu``, which ``make install`` runs), and cached by PyTorch. Without a working
+compiler the backend reports itself unavailable and the dispatcher falls back to the composite
+``torch`` backend.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import platform
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+from ..spec import NAParams, neighbor_table
+
+__all__ = ["is_available", "load", "na_backward", "na_forward"]
+
+_SOURCE = Path(__file__).with_name("na_cpu.cpp")
+_log = logging.getLogger(__name__)
+
+
+def _machine_tag() -> str:
+    """Distinguishes builds for different CPUs: the kernel is compiled with ``-march=native``."""
+    try:
+        flags = next(
+            line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")
+        )
+    except (OSError, StopIteration):
+        flags = platform.processor()
+    source = _SOURCE.read_bytes()
+    return hashlib.sha256(flags.encode() + source).hexdigest()[:10]
+
+
+@functools.lru_cache(maxsize=None)
+def load() -> ModuleType | None:
+    """The compiled extension, or ``None`` (with a logged reason) when it cannot be built."""
+    from torch.utils import cpp_extension
+
+    try:
+        return cpp_extension.load(
+            name=f"nat_cpu_{_machine_tag()}",
+            sources=[str(_SOURCE)],
+            extra_cflags=["-O3", "-march=native", "-fopenmp", "-ffp-contract=fast"],
+            extra_ldflags=["-fopenmp"],
+            verbose=False,
+        )
+    except Exception as err:  # a missing compiler, headers or an unsupported platform
+        _log.warning("nat: the fused CPU kernel could not be built (%s); using the torch backend", err)
+        return None
+
+
+@torch.compiler.assume_constant_result
+def is_available() -> bool:
+    """Whether the kernel is built (building it on first call); a constant under torch.compile."""
+    return load() is not None
+
+
+def _tables(spatial: tuple[int, ...], params: NAParams, device: torch.device):
+    nbr, valid, bias_idx = neighbor_table(spatial, params, device)
+    return nbr, bias_idx, valid
+
+
+def na_forward(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    rpb: torch.Tensor | None,
+    params: NAParams,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Output ``[B, *spatial, heads, Dv]`` and log-sum-exp ``[B, heads, N]`` (float32+)."""
+    spatial = tuple(query.shape[1:-2])
+    nbr, bias_idx, valid = _tables(spatial, params, query.device)
+    flat = (query.shape[0], -1, *query.shape[-2:])
+    out, lse = load().na_forward(
+        query.reshape(flat),
+        key.reshape(flat),
+        value.reshape(*flat[:3], value.shape[-1]),
+        None if rpb is None else rpb.reshape(rpb.shape[0], -1),
+        nbr,
+        bias_idx,
+        valid,
+        params.scale,
+    )
+    return out.reshape(value.shape), lse
+
+
+def na_backward(
+    grad_out: torch.Tensor,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    rpb: torch.Tensor | None,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    params: NAParams,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Gradients for query, key, value and rpb (``None`` without rpb)."""
+    spatial = tuple(query.shape[1:-2])
+    nbr, bias_idx, valid = _tables(spatial, params, query.device)
+    flat = (query.shape[0], -1, *query.shape[-2:])
+    flat_v = (*flat[:3], value.shape[-1])
+    dq, dk, dv, drpb = load().na_backward(
+        grad_out.reshape(flat_v),
+        query.reshape(flat),
+        key.reshape(flat),
+        value.reshape(flat_v),
+        None if rpb is None else rpb.reshape(rpb.shape[0], -1),
+        out.reshape(flat_v),
+        lse,
+        nbr,
+        bias_idx,
+        valid,
+        params.scale,
+    )
+    return (
+        dq.to(query.dtype).reshape(query.shape),
+        dk.to(key.dtype).reshape(key.shape),
+        dv.to(value.dtype).reshape(value.shape),
+        None if rpb is None else drpb.to(rpb.dtype).reshape(rpb.shape),
+    )
+
