@@ -28,16 +28,15 @@ _log = logging.getLogger(__name__)
 def _machine_tag() -> str:
     """Distinguishes builds for different CPUs: the kernel is compiled with ``-march=native``."""
     try:
-        flags = next(
-            line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")
-        )
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        flags = next(line for line in lines if line.startswith("flags"))
     except (OSError, StopIteration):
         flags = platform.processor()
     source = _SOURCE.read_bytes()
     return hashlib.sha256(flags.encode() + source).hexdigest()[:10]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load() -> ModuleType | None:
     """The compiled extension, or ``None`` (with a logged reason) when it cannot be built."""
     from torch.utils import cpp_extension
@@ -51,7 +50,7 @@ def load() -> ModuleType | None:
             verbose=False,
         )
     except Exception as err:  # a missing compiler, headers or an unsupported platform
-        _log.warning("nat: the fused CPU kernel could not be built (%s); using the torch backend", err)
+        _log.warning("nat: the fused CPU kernel could not be built (%s); using 'torch'", err)
         return None
 
 
