@@ -322,6 +322,11 @@ void backward_f32(
       const int64_t v_base = b * N * H * Dv + h * Dv;
       const float* bias = rpb ? rpb + h * R : nullptr;
       float* drpb_slice = drpb ? drpb + (b * H + h) * R : nullptr;
+      // Gradients are [B, heads, N, D]: each slice is contiguous, so the scatter into dK/dV never
+      // hits the 4 KiB store-to-load aliasing that the heads-interleaved layout causes.
+      float* dq_slice = dq + (b * H + h) * N * D;
+      float* dk_slice = dk + (b * H + h) * N * D;
+      float* dv_slice = dv + (b * H + h) * N * Dv;
       for (int64_t n = 0; n < N; ++n) {
         const int64_t row = n * H;
         vf16 qv[ND], dov[NDV], dqv[ND] = {};
@@ -379,8 +384,8 @@ void backward_f32(
         for (int64_t p = 0; p < P; ++p) {
           const int64_t key_row = static_cast<int64_t>(nb[p]) * H;
           const float* kp = k + qk_base + key_row * D;
-          float* dkp = dk + qk_base + key_row * D;
-          float* dvp = dv + v_base + key_row * Dv;
+          float* dkp = dk_slice + static_cast<int64_t>(nb[p]) * D;
+          float* dvp = dv_slice + static_cast<int64_t>(nb[p]) * Dv;
           const float ds = dp[p], prob = s[p];
           for (int j = 0; j < ND; ++j) {
             dqv[j] += ds * load16(kp + 16 * j);
@@ -391,7 +396,7 @@ void backward_f32(
         if (drpb_slice) {
           for (int64_t p = 0; p < P; ++p) drpb_slice[bi[p]] += dp[p];
         }
-        for (int j = 0; j < ND; ++j) store16(dq + qk_base + row * D + 16 * j, dqv[j] * scale);
+        for (int j = 0; j < ND; ++j) store16(dq_slice + n * D + 16 * j, dqv[j] * scale);
       }
     }
   });
@@ -460,12 +465,17 @@ std::vector<torch::Tensor> na_backward(
   const int64_t P = nbr.size(1);
   const int64_t R = rpb ? rpb->size(1) : 0;
   const auto acc_opts = lse.options();
-  auto dq = torch::zeros(q.sizes(), acc_opts);
-  auto dk = torch::zeros(k.sizes(), acc_opts);
-  auto dv = torch::zeros(v.sizes(), acc_opts);
+  const bool f32 = q.scalar_type() == at::kFloat && D == Dv &&
+                   (D == 16 || D == 32 || D == 64 || D == 128);
+  // The float32 path accumulates in [B, heads, N, D] (see backward_f32); the generic one in
+  // the input layout.
+  auto grad_buffer = [&](const torch::Tensor& like) {
+    return f32 ? torch::zeros({B, H, N, like.size(3)}, acc_opts) : torch::zeros(like.sizes(), acc_opts);
+  };
+  auto dq = grad_buffer(q), dk = grad_buffer(k), dv = grad_buffer(v);
   auto drpb = torch::zeros({B, H, rpb ? R : 0}, acc_opts);
   const bool fast =
-      q.scalar_type() == at::kFloat && with_f32_dims(D, Dv, [&](auto nd, auto ndv) {
+      f32 && with_f32_dims(D, Dv, [&](auto nd, auto ndv) {
         backward_f32<decltype(nd)::value, decltype(ndv)::value>(
             dout.data_ptr<float>(), q.data_ptr<float>(), k.data_ptr<float>(),
             v.data_ptr<float>(), rpb ? rpb->data_ptr<float>() : nullptr, out.data_ptr<float>(),
@@ -475,7 +485,10 @@ std::vector<torch::Tensor> na_backward(
             B, N, H, P, R, static_cast<float>(scale));
         return true;
       });
-  if (fast) return {dq, dk, dv, drpb.sum(0)};
+  if (fast) {
+    return {dq.transpose(1, 2).contiguous(), dk.transpose(1, 2).contiguous(),
+            dv.transpose(1, 2).contiguous(), drpb.sum(0)};
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "na_backward", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     backward_kernel<scalar_t, acc_t>(
