@@ -140,3 +140,20 @@ def test_float32_model_head_dims_match_reference(backend, head_dim, problem):
     for g, e in zip(grads, expected_grads, strict=True):
         scale = e.abs().max().clamp_min(1)
         torch.testing.assert_close(g.double() / scale, e / scale, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("head_dim", [4, 32])
+def test_strided_slices_of_a_packed_qkv_give_the_contiguous_result(backend, head_dim):
+    g = torch.Generator().manual_seed(0)
+    qkv = torch.randn(2, 9, 10, 3, 2, head_dim, generator=g, requires_grad=True)
+    rpb = torch.randn(2, 5, 5, generator=g)
+    q, k, v = qkv.unbind(3)
+    assert not q.is_contiguous()
+    out = nat.na2d(q, k, v, 3, dilation=(2, 1), rpb=rpb, backend=backend)
+    (grad,) = torch.autograd.grad(out.square().sum(), qkv)
+    q2, k2, v2 = (t.detach().contiguous().requires_grad_() for t in (q, k, v))
+    expected = nat.na2d(q2, k2, v2, 3, dilation=(2, 1), rpb=rpb, backend=backend)
+    expected_grads = torch.autograd.grad(expected.square().sum(), (q2, k2, v2))
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(grad, torch.stack(expected_grads, 3))

@@ -65,6 +65,12 @@ def _tables(spatial: tuple[int, ...], params: NAParams, device: torch.device):
     return nbr, bias_idx, valid
 
 
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """``[B, *spatial, heads, D]`` as ``[B, N, heads, D]``, a view whenever the strides allow."""
+    t = t.reshape(t.shape[0], -1, *t.shape[-2:])
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
 def na_forward(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -75,11 +81,10 @@ def na_forward(
     """Output ``[B, *spatial, heads, Dv]`` and log-sum-exp ``[B, heads, N]`` (float32+)."""
     spatial = tuple(query.shape[1:-2])
     nbr, bias_idx, valid = _tables(spatial, params, query.device)
-    flat = (query.shape[0], -1, *query.shape[-2:])
     out, lse = load().na_forward(
-        query.reshape(flat),
-        key.reshape(flat),
-        value.reshape(*flat[:3], value.shape[-1]),
+        _rows(query),
+        _rows(key),
+        _rows(value),
         None if rpb is None else rpb.reshape(rpb.shape[0], -1),
         nbr,
         bias_idx,
@@ -102,15 +107,13 @@ def na_backward(
     """Gradients for query, key, value and rpb (``None`` without rpb)."""
     spatial = tuple(query.shape[1:-2])
     nbr, bias_idx, valid = _tables(spatial, params, query.device)
-    flat = (query.shape[0], -1, *query.shape[-2:])
-    flat_v = (*flat[:3], value.shape[-1])
     dq, dk, dv, drpb = load().na_backward(
-        grad_out.reshape(flat_v),
-        query.reshape(flat),
-        key.reshape(flat),
-        value.reshape(flat_v),
+        _rows(grad_out).contiguous(),
+        _rows(query),
+        _rows(key),
+        _rows(value),
         None if rpb is None else rpb.reshape(rpb.shape[0], -1),
-        out.reshape(flat_v),
+        _rows(out).contiguous(),
         lse,
         nbr,
         bias_idx,

@@ -18,6 +18,12 @@
 
 namespace {
 
+// Element strides of a [B, N, heads, D] view whose last axis is contiguous: q, k, v may be
+// slices of a packed qkv projection, read in place.
+struct Strides {
+  int64_t b, n, h;
+};
+
 // exp for float, written so that `#pragma omp simd` loops vectorise it (no libm call, no branch).
 // Cephes-style: exp(x) = 2^n * exp(r), |r| <= ln2/2, degree-6 polynomial; max error ~2 ulp.
 inline float fast_exp(float x) {
@@ -44,7 +50,8 @@ inline double fast_exp(double x) { return std::exp(x); }
 // 0 means "runtime", for any other head dim.
 template <typename scalar_t, typename acc_t, int kD, int kDv>
 void forward_kernel(
-    const scalar_t* q, const scalar_t* k, const scalar_t* v, const scalar_t* rpb,
+    const scalar_t* q, const scalar_t* k, const scalar_t* v, Strides qs, Strides ks, Strides vs,
+    const scalar_t* rpb,
     const int32_t* nbr, const int32_t* bidx, const bool* valid, scalar_t* out, acc_t* lse,
     int64_t B, int64_t N, int64_t H, int64_t D_, int64_t Dv_, int64_t P, int64_t R, acc_t scale) {
   const int64_t D = kD > 0 ? kD : D_;
@@ -61,18 +68,18 @@ void forward_kernel(
       const int64_t block = work % blocks;
       const int64_t h = (work / blocks) % H;
       const int64_t b = work / (blocks * H);
-      const scalar_t* kb = k + b * N * H * D + h * D;
-      const scalar_t* vb = v + b * N * H * Dv + h * Dv;
+      const scalar_t* kb = k + b * ks.b + h * ks.h;
+      const scalar_t* vb = v + b * vs.b + h * vs.h;
       const scalar_t* bias = rpb ? rpb + h * R : nullptr;
       const int64_t n_end = std::min(N, (block + 1) * kBlock);
       for (int64_t n = block * kBlock; n < n_end; ++n) {
-        const scalar_t* qp = q + ((b * N + n) * H + h) * D;
+        const scalar_t* qp = q + b * qs.b + n * qs.n + h * qs.h;
         for (int64_t d = 0; d < D; ++d) qv[d] = static_cast<acc_t>(qp[d]) * scale;
         const int32_t* nb = nbr + n * P;
         const bool* ok = valid ? valid + n * P : nullptr;
         acc_t mx = -std::numeric_limits<acc_t>::infinity();
         for (int64_t p = 0; p < P; ++p) {
-          const scalar_t* kp = kb + static_cast<int64_t>(nb[p]) * H * D;
+          const scalar_t* kp = kb + static_cast<int64_t>(nb[p]) * ks.n;
           acc_t dot = 0;
 #pragma omp simd reduction(+ : dot)
           for (int64_t d = 0; d < D; ++d) dot += qv[d] * static_cast<acc_t>(kp[d]);
@@ -97,7 +104,7 @@ void forward_kernel(
         for (int64_t d = 0; d < Dv; ++d) acc[d] = 0;
         for (int64_t p = 0; p < P; ++p) {
           const acc_t w = s[p] * inv;
-          const scalar_t* vp = vb + static_cast<int64_t>(nb[p]) * H * Dv;
+          const scalar_t* vp = vb + static_cast<int64_t>(nb[p]) * vs.n;
 #pragma omp simd
           for (int64_t d = 0; d < Dv; ++d) acc[d] += w * static_cast<acc_t>(vp[d]);
         }
@@ -111,8 +118,8 @@ void forward_kernel(
 
 template <typename scalar_t, typename acc_t>
 void backward_kernel(
-    const scalar_t* dout, const scalar_t* q, const scalar_t* k, const scalar_t* v,
-    const scalar_t* rpb, const scalar_t* out, const acc_t* lse, const int32_t* nbr,
+    const scalar_t* dout, const scalar_t* q, const scalar_t* k, const scalar_t* v, Strides qs,
+    Strides ks, Strides vs, const scalar_t* rpb, const scalar_t* out, const acc_t* lse, const int32_t* nbr,
     const int32_t* bidx, const bool* valid, acc_t* dq, acc_t* dk, acc_t* dv, acc_t* drpb,
     int64_t B, int64_t N, int64_t H, int64_t D, int64_t Dv, int64_t P, int64_t R, acc_t scale) {
   // One (batch, head) slice per task: the scatter into dk/dv/drpb stays inside the slice.
@@ -127,7 +134,7 @@ void backward_kernel(
       acc_t* drpb_slice = drpb ? drpb + (b * H + h) * R : nullptr;
       for (int64_t n = 0; n < N; ++n) {
         const int64_t row = n * H;
-        const scalar_t* qp = q + qk_base + row * D;
+        const scalar_t* qp = q + b * qs.b + n * qs.n + h * qs.h;
         const scalar_t* dop = dout + v_base + row * Dv;
         const scalar_t* op = out + v_base + row * Dv;
         acc_t delta = 0;
@@ -143,8 +150,8 @@ void backward_kernel(
         for (int64_t p = 0; p < P; ++p) {
           if (ok && !ok[p]) continue;
           const int64_t key_row = static_cast<int64_t>(nb[p]) * H;
-          const scalar_t* kp = k + qk_base + key_row * D;
-          const scalar_t* vp = v + v_base + key_row * Dv;
+          const scalar_t* kp = k + b * ks.b + h * ks.h + static_cast<int64_t>(nb[p]) * ks.n;
+          const scalar_t* vp = v + b * vs.b + h * vs.h + static_cast<int64_t>(nb[p]) * vs.n;
           acc_t dot = 0, dp = 0;
 #pragma omp simd reduction(+ : dot)
           for (int64_t d = 0; d < D; ++d) dot += qv[d] * static_cast<acc_t>(kp[d]);
@@ -238,7 +245,8 @@ inline vf16 exp16(vf16 x) {
 
 template <int ND, int NDV>
 void forward_f32(
-    const float* q, const float* k, const float* v, const float* rpb, const int32_t* nbr,
+    const float* q, const float* k, const float* v, Strides qs, Strides ks, Strides vs,
+    const float* rpb, const int32_t* nbr,
     const int32_t* bidx, const bool* valid, float* out, float* lse, int64_t B, int64_t N,
     int64_t H, int64_t P, int64_t R, float scale) {
   constexpr int64_t D = 16 * ND, Dv = 16 * NDV, kBlock = 32;
@@ -251,19 +259,19 @@ void forward_f32(
       const int64_t block = work % blocks;
       const int64_t h = (work / blocks) % H;
       const int64_t b = work / (blocks * H);
-      const float* kb = k + b * N * H * D + h * D;
-      const float* vb = v + b * N * H * Dv + h * Dv;
+      const float* kb = k + b * ks.b + h * ks.h;
+      const float* vb = v + b * vs.b + h * vs.h;
       const float* bias = rpb ? rpb + h * R : nullptr;
       const int64_t n_end = std::min(N, (block + 1) * kBlock);
       for (int64_t n = block * kBlock; n < n_end; ++n) {
-        const float* qp = q + ((b * N + n) * H + h) * D;
+        const float* qp = q + b * qs.b + n * qs.n + h * qs.h;
         vf16 qv[ND];
         for (int j = 0; j < ND; ++j) qv[j] = load16(qp + 16 * j) * scale;
         const int32_t* nb = nbr + n * P;
         const int32_t* bi = bidx + n * P;
         const bool* ok = valid ? valid + n * P : nullptr;
         auto dot = [&](int64_t p) {
-          const float* kp = kb + static_cast<int64_t>(nb[p]) * H * D;
+          const float* kp = kb + static_cast<int64_t>(nb[p]) * ks.n;
           vf16 acc = qv[0] * load16(kp);
           for (int j = 1; j < ND; ++j) acc += qv[j] * load16(kp + 16 * j);
           return acc;
@@ -290,7 +298,7 @@ void forward_f32(
         for (int64_t p = 0; p < P; ++p) sum += s[p];
         vf16 o[NDV] = {};
         for (int64_t p = 0; p < P; ++p) {
-          const float* vp = vb + static_cast<int64_t>(nb[p]) * H * Dv;
+          const float* vp = vb + static_cast<int64_t>(nb[p]) * vs.n;
           const float w = s[p];
           for (int j = 0; j < NDV; ++j) o[j] += w * load16(vp + 16 * j);
         }
@@ -305,7 +313,8 @@ void forward_f32(
 
 template <int ND, int NDV>
 void backward_f32(
-    const float* dout, const float* q, const float* k, const float* v, const float* rpb,
+    const float* dout, const float* q, const float* k, const float* v, Strides qs, Strides ks,
+    Strides vs, const float* rpb,
     const float* out, const float* lse, const int32_t* nbr, const int32_t* bidx,
     const bool* valid, float* dq, float* dk, float* dv, float* drpb, int64_t B, int64_t N,
     int64_t H, int64_t P, int64_t R, float scale) {
@@ -318,7 +327,6 @@ void backward_f32(
     for (int64_t work = begin; work < end; ++work) {
       const int64_t h = work % H;
       const int64_t b = work / H;
-      const int64_t qk_base = b * N * H * D + h * D;
       const int64_t v_base = b * N * H * Dv + h * Dv;
       const float* bias = rpb ? rpb + h * R : nullptr;
       float* drpb_slice = drpb ? drpb + (b * H + h) * R : nullptr;
@@ -336,19 +344,20 @@ void backward_f32(
           dacc += dov[j] * load16(out + v_base + row * Dv + 16 * j);
         }
         const float delta = hsum16(dacc);
-        for (int j = 0; j < ND; ++j) qv[j] = load16(q + qk_base + row * D + 16 * j) * scale;
+        const float* qp = q + b * qs.b + n * qs.n + h * qs.h;
+        for (int j = 0; j < ND; ++j) qv[j] = load16(qp + 16 * j) * scale;
         const int32_t* nb = nbr + n * P;
         const int32_t* bi = bidx + n * P;
         const bool* ok = valid ? valid + n * P : nullptr;
         // 1. logits and dP = dO . V for every neighbour.
         auto logit = [&](int64_t p) {
-          const float* kp = k + qk_base + static_cast<int64_t>(nb[p]) * H * D;
+          const float* kp = k + b * ks.b + h * ks.h + static_cast<int64_t>(nb[p]) * ks.n;
           vf16 acc = qv[0] * load16(kp);
           for (int j = 1; j < ND; ++j) acc += qv[j] * load16(kp + 16 * j);
           return acc;
         };
         auto dprob = [&](int64_t p) {
-          const float* vp = v + v_base + static_cast<int64_t>(nb[p]) * H * Dv;
+          const float* vp = v + b * vs.b + h * vs.h + static_cast<int64_t>(nb[p]) * vs.n;
           vf16 acc = dov[0] * load16(vp);
           for (int j = 1; j < NDV; ++j) acc += dov[j] * load16(vp + 16 * j);
           return acc;
@@ -382,8 +391,7 @@ void backward_f32(
         }
         // 3. scatter into dK, dV (and dRPB); gather into dQ.
         for (int64_t p = 0; p < P; ++p) {
-          const int64_t key_row = static_cast<int64_t>(nb[p]) * H;
-          const float* kp = k + qk_base + key_row * D;
+          const float* kp = k + b * ks.b + h * ks.h + static_cast<int64_t>(nb[p]) * ks.n;
           float* dkp = dk_slice + static_cast<int64_t>(nb[p]) * D;
           float* dvp = dv_slice + static_cast<int64_t>(nb[p]) * Dv;
           const float ds = dp[p], prob = s[p];
@@ -414,21 +422,27 @@ bool with_f32_dims(int64_t D, int64_t Dv, Fn&& fn) {
 
 const int32_t* table_ptr(const torch::Tensor& t) { return t.data_ptr<int32_t>(); }
 
+Strides strides(const torch::Tensor& t) {
+  TORCH_CHECK(t.dim() == 4 && t.stride(3) == 1, "expected [B, N, heads, D] with a contiguous last axis");
+  return {t.stride(0), t.stride(1), t.stride(2)};
+}
+
 }  // namespace
 
 std::vector<torch::Tensor> na_forward(
     torch::Tensor q, torch::Tensor k, torch::Tensor v, c10::optional<torch::Tensor> rpb,
     torch::Tensor nbr, torch::Tensor bidx, c10::optional<torch::Tensor> valid, double scale) {
   const int64_t B = q.size(0), N = q.size(1), H = q.size(2), D = q.size(3), Dv = v.size(3);
+  const Strides qs = strides(q), ks = strides(k), vs = strides(v);
   const int64_t P = nbr.size(1);
   const int64_t R = rpb ? rpb->size(1) : 0;
-  auto out = torch::empty_like(v);
+  auto out = torch::empty({B, N, H, Dv}, v.options());
   const auto acc_type = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   auto lse = torch::empty({B, H, N}, q.options().dtype(acc_type));
   if (q.scalar_type() == at::kFloat &&
       with_f32_dims(D, Dv, [&](auto nd, auto ndv) {
         forward_f32<decltype(nd)::value, decltype(ndv)::value>(
-            q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(),
+            q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(), qs, ks, vs,
             rpb ? rpb->data_ptr<float>() : nullptr, table_ptr(nbr), table_ptr(bidx),
             valid ? valid->data_ptr<bool>() : nullptr, out.data_ptr<float>(),
             lse.data_ptr<float>(), B, N, H, P, R, static_cast<float>(scale));
@@ -439,7 +453,7 @@ std::vector<torch::Tensor> na_forward(
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "na_forward", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     auto run = [&](auto kernel) {
-      kernel(q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
+      kernel(q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), qs, ks, vs,
              rpb ? rpb->data_ptr<scalar_t>() : nullptr, table_ptr(nbr), table_ptr(bidx),
              valid ? valid->data_ptr<bool>() : nullptr, out.data_ptr<scalar_t>(),
              lse.data_ptr<acc_t>(), B, N, H, D, Dv, P, R, static_cast<acc_t>(scale));
@@ -462,6 +476,7 @@ std::vector<torch::Tensor> na_backward(
     c10::optional<torch::Tensor> rpb, torch::Tensor out, torch::Tensor lse, torch::Tensor nbr,
     torch::Tensor bidx, c10::optional<torch::Tensor> valid, double scale) {
   const int64_t B = q.size(0), N = q.size(1), H = q.size(2), D = q.size(3), Dv = v.size(3);
+  const Strides qs = strides(q), ks = strides(k), vs = strides(v);
   const int64_t P = nbr.size(1);
   const int64_t R = rpb ? rpb->size(1) : 0;
   const auto acc_opts = lse.options();
@@ -478,7 +493,7 @@ std::vector<torch::Tensor> na_backward(
       f32 && with_f32_dims(D, Dv, [&](auto nd, auto ndv) {
         backward_f32<decltype(nd)::value, decltype(ndv)::value>(
             dout.data_ptr<float>(), q.data_ptr<float>(), k.data_ptr<float>(),
-            v.data_ptr<float>(), rpb ? rpb->data_ptr<float>() : nullptr, out.data_ptr<float>(),
+            v.data_ptr<float>(), qs, ks, vs, rpb ? rpb->data_ptr<float>() : nullptr, out.data_ptr<float>(),
             lse.data_ptr<float>(), table_ptr(nbr), table_ptr(bidx),
             valid ? valid->data_ptr<bool>() : nullptr, dq.data_ptr<float>(),
             dk.data_ptr<float>(), dv.data_ptr<float>(), rpb ? drpb.data_ptr<float>() : nullptr,
@@ -493,7 +508,7 @@ std::vector<torch::Tensor> na_backward(
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     backward_kernel<scalar_t, acc_t>(
         dout.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(),
-        v.data_ptr<scalar_t>(), rpb ? rpb->data_ptr<scalar_t>() : nullptr,
+        v.data_ptr<scalar_t>(), qs, ks, vs, rpb ? rpb->data_ptr<scalar_t>() : nullptr,
         out.data_ptr<scalar_t>(), lse.data_ptr<acc_t>(), table_ptr(nbr), table_ptr(bidx),
         valid ? valid->data_ptr<bool>() : nullptr, dq.data_ptr<acc_t>(), dk.data_ptr<acc_t>(),
         dv.data_ptr<acc_t>(), rpb ? drpb.data_ptr<acc_t>() : nullptr, B, N, H, D, Dv, P, R,
