@@ -89,3 +89,37 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     backbone.set_grad_checkpointing(True)
     sum(o.sum() for o in backbone(x)).backward()
     assert torch.allclose(backbone.levels[1].blocks[0].attn.qkv.weight.grad, plain, atol=1e-6)
+
+
+def test_torchvision_mask_rcnn_with_fpn_slots_in():
+    from collections import OrderedDict
+
+    from torchvision.models.detection import MaskRCNN
+    from torchvision.ops import FeaturePyramidNetwork
+    from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+    class BackboneWithFPN(torch.nn.Module):
+        def __init__(self, body: NATBackbone) -> None:
+            super().__init__()
+            self.body = body
+            self.fpn = FeaturePyramidNetwork(body.out_channels, 32, LastLevelMaxPool())
+            self.out_channels = 32
+
+        def forward(self, x):
+            return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(self.body(x))))
+
+    detector = MaskRCNN(
+        BackboneWithFPN(NATBackbone(**TINY)), num_classes=3, min_size=64, max_size=96
+    )
+    images = [torch.rand(3, 64, 90)]
+    targets = [
+        dict(
+            boxes=torch.tensor([[4.0, 6.0, 40.0, 50.0]]),
+            labels=torch.tensor([1]),
+            masks=torch.zeros(1, 64, 90, dtype=torch.uint8),
+        )
+    ]
+    losses = detector.train()(images, targets)
+    assert {"loss_classifier", "loss_box_reg", "loss_mask"} <= set(losses)
+    sum(losses.values()).backward()
+    assert detector.backbone.body.levels[3].blocks[0].attn.rpb.grad is not None

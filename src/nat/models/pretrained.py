@@ -13,6 +13,7 @@ import re
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -252,6 +253,12 @@ def _signature(state_dict: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
     }
 
 
+@cache
+def _variant_signature(name: str) -> dict[str, tuple[int, ...]]:
+    with torch.device("meta"):
+        return _signature(timm.create_model(name).state_dict())
+
+
 def identify_variant(state_dict: Mapping[str, torch.Tensor], hint: str | None = None) -> str:
     """The registered variant whose stem and levels have these keys and shapes.
 
@@ -259,12 +266,7 @@ def identify_variant(state_dict: Mapping[str, torch.Tensor], hint: str | None = 
     ``dinat_tiny``) breaks such ties.
     """
     wanted = _signature(state_dict)
-    fits = []
-    for name in timm.list_models(["nat_*", "dinat_*"]):
-        with torch.device("meta"):
-            candidate = timm.create_model(name)
-        if _signature(candidate.state_dict()) == wanted:
-            fits.append(name)
+    fits = [n for n in timm.list_models(["nat_*", "dinat_*"]) if _variant_signature(n) == wanted]
     if not fits:
         raise ValueError("the checkpoint matches no registered NAT/DiNAT variant; pass --model")
     if len(fits) == 1:
