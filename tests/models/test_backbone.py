@@ -123,3 +123,10 @@ def test_torchvision_mask_rcnn_with_fpn_slots_in():
     assert {"loss_classifier", "loss_box_reg", "loss_mask"} <= set(losses)
     sum(losses.values()).backward()
     assert detector.backbone.body.levels[3].blocks[0].attn.rpb.grad is not None
+
+
+def test_segmentation_models_pytorch_encoder():
+    smp = pytest.importorskip("segmentation_models_pytorch")
+    model = smp.UPerNet("tu-nat_mini", encoder_weights=None, classes=2).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 64)).shape == (1, 2, 64, 64)

@@ -16,12 +16,13 @@ from nat.models import (
     NATBackbone,
     convert_checkpoint,
     detect_layout,
+    identify_variant,
     load_model,
     load_pretrained,
 )
 from nat.models.pretrained import CheckpointMismatchError
 
-from .synthetic import synthetic_state_dict, to_hf
+from .synthetic import published_shapes, synthetic_state_dict, to_hf
 
 
 @pytest.fixture(scope="module")
@@ -259,3 +260,18 @@ def test_backbone_checkpoint_has_no_hugging_face_layout(tmp_path):
     backbone = load_model(path)
     assert isinstance(backbone, NATBackbone)
     assert_loaded(backbone, sd)
+
+
+@pytest.mark.parametrize(
+    ("filename", "variant"),
+    [
+        ("dinat_large_in22k_in1k_384.pth", "dinat_large_384"),
+        ("dinat_large_in22k_in1k_224.pth", "dinat_large"),
+        ("nat_tiny_maskrcnn.pth", "nat_tiny"),
+        ("dinat-tiny-in1k-224", "dinat_tiny"),
+    ],
+)
+def test_published_file_names_break_nat_dinat_ties(filename, variant):
+    base = "dinat_large" if "large" in filename else "nat_tiny"
+    state_dict = {k: torch.empty(s, device="meta") for k, s in published_shapes(base).items()}
+    assert identify_variant(state_dict, filename) == variant

@@ -262,8 +262,8 @@ def _variant_signature(name: str) -> dict[str, tuple[int, ...]]:
 def identify_variant(state_dict: Mapping[str, torch.Tensor], hint: str | None = None) -> str:
     """The registered variant whose stem and levels have these keys and shapes.
 
-    NAT and DiNAT variants differ only in dilations; ``hint`` (e.g. a file name starting with
-    ``dinat_tiny``) breaks such ties.
+    NAT and DiNAT variants differ only in dilations; ``hint`` (a file name such as
+    ``dinat_tiny_in1k_224.pth``, which contains every word of ``dinat_tiny``) breaks such ties.
     """
     wanted = _signature(state_dict)
     fits = [n for n in timm.list_models(["nat_*", "dinat_*"]) if _variant_signature(n) == wanted]
@@ -272,9 +272,11 @@ def identify_variant(state_dict: Mapping[str, torch.Tensor], hint: str | None = 
     if len(fits) == 1:
         return fits[0]
     if hint is not None:
-        by_hint = sorted((n for n in fits if hint.startswith(n)), key=len, reverse=True)
+        # "dinat_large_in22k_in1k_384.pth" names dinat_large_384: every word of it is in the hint.
+        words = set(re.split(r"[_.\-]", hint.lower()))
+        by_hint = [n for n in fits if set(n.split("_")) <= words]
         if by_hint:
-            return by_hint[0]
+            return max(by_hint, key=lambda n: len(n.split("_")))
     raise ValueError(
         f"the checkpoint fits {fits} (they differ only in dilations, which weights do not "
         f"record); name the model (--model / model=)"
