@@ -137,3 +137,30 @@ def test_in_memory_state_dict_overlay_goes_through_the_format_filter(mini):
         "nat_mini", pretrained=True, pretrained_cfg_overlay=dict(state_dict=hf)
     )
     assert torch.equal(model.head.weight, mini.head.weight)
+
+
+def test_pretrained_true_fetches_the_official_url(tmp_path, monkeypatch, mini):
+    # No network in tests: the download is replaced by a local copy of "the official file".
+    path = tmp_path / "nat_mini.pth"
+    torch.save(mini.state_dict(), path)
+    fetched = []
+
+    def fake_download(url, **kwargs):
+        fetched.append(url)
+        return str(path)
+
+    monkeypatch.setattr(timm.models._builder, "download_cached_file", fake_download)
+    model = timm.create_model("nat_mini", pretrained=True)
+    assert fetched == ["https://shi-labs.com/projects/nat/checkpoints/CLS/nat_mini.pth"]
+    assert torch.equal(model.head.weight, mini.head.weight)
+    backbone = timm.create_model("nat_mini", pretrained=True, features_only=True)
+    assert torch.equal(backbone.levels[0].blocks[0].attn.rpb, mini.levels[0].blocks[0].attn.rpb)
+
+
+def test_layer_decay_groups_follow_the_levels(mini):
+    optimizer = timm.optim.create_optimizer_v2(mini, "adamw", lr=1e-3, layer_decay=0.9)
+    scales = {id(p): g["lr_scale"] for g in optimizer.param_groups for p in g["params"]}
+    stem = scales[id(mini.patch_embed.proj[0].weight)]
+    first = scales[id(mini.levels[0].blocks[0].attn.qkv.weight)]
+    last = scales[id(mini.head.weight)]
+    assert stem < first < last == 1.0
