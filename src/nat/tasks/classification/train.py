@@ -15,6 +15,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -70,7 +71,8 @@ def train(
     """Train ``config.model`` on ``config.data`` (the embedded digits when ``None``).
 
     Writes to ``config.output`` (default ``runs/<time>-<model>``): ``last.pt``/``best.pt``,
-    ``metrics.jsonl`` (one line per epoch) and ``summary.json``. Resumes from ``resume`` or, if
+    ``metrics.jsonl`` (one line per epoch) and ``summary.json``; progress bars (``progress``) and
+    one line per epoch go to stderr. Resumes from ``resume`` or, if
     the output directory already holds ``last.pt``, from there. Under ``torchrun`` every process
     calls this; rank 0 logs and writes files.
     """
@@ -178,6 +180,12 @@ def train(
         _write_metrics(output / METRICS, history)
         if best is not None and best["epoch"] == start_epoch:  # killed before linking best.pt
             _link_atomic(resume_path, output / BEST)
+        what = f"resuming {resume_path} after epoch {start_epoch}" if state else "training"
+        print(
+            f"{what}: {config.model} on {config.data or DIGITS}, {len(loader.dataset)} images, "
+            f"{env.world_size} process(es) x batch {config.batch_size}, output {output}",
+            file=sys.stderr,
+        )
 
     train_model: nn.Module = model
     if env.distributed:
@@ -233,8 +241,7 @@ def train(
             if is_best:
                 _link_atomic(output / LAST, output / BEST)
             _append_metrics(output / METRICS, record)
-            if progress:
-                tqdm.write(_epoch_line(record, best, total_epochs))
+            tqdm.write(_epoch_line(record, best, total_epochs), file=sys.stderr)
         barrier(env)
 
     summary = _summary(config, history, best, output, total_epochs)
