@@ -88,10 +88,13 @@ def test_rerun_in_the_same_directory_resumes_with_nothing_left(trained, trained_
 
 
 def _error(argv, capsys) -> str:
+    """The error line of a failing command: exit 2, ``nat <cmd>: error: ...``, no traceback."""
     assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    return err
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith(f"nat {argv[0]}: error: "), err
+    return line
 
 
 def test_missing_data_directory(tmp_path, capsys):
