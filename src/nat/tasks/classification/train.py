@@ -270,7 +270,8 @@ def _train_one_epoch(
 ) -> dict[str, Any]:
     model.train()
     steps = len(loader)
-    loss_sum, seen = 0.0, 0
+    loss_sum, seen = torch.zeros((), dtype=torch.float64, device=env.device), 0
+    refresh = max(1, steps // 100)  # reading the loss syncs a GPU: only for the bar, now and then
     bar = tqdm(total=steps, desc=desc, leave=False, disable=not (progress and env.is_main))
     start = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
@@ -298,18 +299,20 @@ def _train_one_epoch(
             scheduler.step_update(num_updates=num_updates)
             if ema is not None:
                 ema.update(model.module if env.distributed else model, step=num_updates)
-        loss_sum += loss.item() * images.shape[0]
+        loss_sum += loss.detach() * images.shape[0]
         seen += images.shape[0]
-        elapsed = time.perf_counter() - start
         bar.update()
+        if bar.disable or ((step + 1) % refresh and step + 1 < steps):
+            continue
+        elapsed = time.perf_counter() - start
         bar.set_postfix(
-            loss=f"{loss_sum / seen:.4f}",
+            loss=f"{loss_sum.item() / seen:.4f}",
             lr=f"{optimizer.param_groups[0]['lr']:.2e}",
             img_s=f"{seen * env.world_size / max(elapsed, 1e-9):.0f}",
         )
     bar.close()
     seconds = time.perf_counter() - start
-    loss_sum, seen = all_reduce_sum([loss_sum, seen], env)
+    loss_sum, seen = all_reduce_sum([loss_sum.item(), seen], env)
     return {
         "train_loss": loss_sum / seen,
         "lr": optimizer.param_groups[0]["lr"],
