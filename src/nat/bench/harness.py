@@ -21,6 +21,7 @@ import gc
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -28,7 +29,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["Measurement", "machine_info", "measure_group", "peak_memory", "synchronize"]
+__all__ = [
+    "Measurement",
+    "load_average",
+    "machine_info",
+    "measure_group",
+    "peak_memory",
+    "synchronize",
+]
 
 
 @dataclass
@@ -166,6 +174,12 @@ def measure_group(
     return results
 
 
+def _nat_version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -190,6 +204,29 @@ def _cpu_flags() -> list[str]:
     return []
 
 
+def _source_revision() -> dict:
+    """The git commit of the ``nat`` source being measured, and whether it has local changes."""
+    here = os.path.dirname(os.path.abspath(__file__))
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", *args], cwd=here, capture_output=True, text=True, timeout=10, check=True
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip()
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--", "..") if commit else None
+    return {"git_commit": commit, "git_dirty": None if status is None else bool(status)}
+
+
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages (``None`` where the OS has none)."""
+    return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+
+
 def machine_info(device: torch.device) -> dict:
     """What the numbers were measured on: CPU, cores, threads, load, library versions, GPU."""
     device = torch.device(device)
@@ -204,11 +241,13 @@ def machine_info(device: torch.device) -> dict:
         "usable_cores": usable,
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "load_average": load_average(),
         "platform": platform.platform(),
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "device": str(device),
+        "nat": _nat_version(),
+        **_source_revision(),
     }
     try:
         import timm

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .harness import machine_info, measure_group
+from .harness import load_average, machine_info, measure_group
 
 __all__ = [
     "BASELINE_MODEL",
@@ -111,6 +111,7 @@ def run_models(
     model's own (``pretrained_cfg["input_size"]``, 224 for the default models) unless given.
     """
     device = torch.device(device)
+    machine = machine_info(device)
     _register_nat_models()
     generator = torch.Generator().manual_seed(seed)
     loaded: dict[str, nn.Module] = {}
@@ -163,7 +164,7 @@ def run_models(
     return {
         "benchmark": "models",
         "command": command,
-        "machine": machine_info(device),
+        "machine": {**machine, "load_average_end": load_average()},
         "settings": {
             "device": str(device),
             "dtypes": [str(d).removeprefix("torch.") for d in dtypes],

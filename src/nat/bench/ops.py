@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from .. import available_backends, na2d
 from . import baselines
-from .harness import Measurement, machine_info, measure_group
+from .harness import Measurement, load_average, machine_info, measure_group
 
 __all__ = [
     "LARGE_SHAPE",
@@ -218,6 +218,7 @@ def run_ops(
     for mode in modes:
         if mode not in MODES:
             raise ValueError(f"mode {mode!r} is not one of {list(MODES)}")
+    machine = machine_info(device)
     methods = list(default_methods(device) if methods is None else methods)
     plan = [(s, [m for m in methods if m.applies(s)]) for s in shapes]
     steps = sum(len(ms) * len(modes) * (warmup + repeats + 1) for _, ms in plan)
@@ -243,7 +244,7 @@ def run_ops(
     return {
         "benchmark": "ops",
         "command": command,
-        "machine": machine_info(device),
+        "machine": {**machine, "load_average_end": load_average()},
         "settings": {
             "device": str(device),
             "dtype": str(dtype).removeprefix("torch."),

@@ -33,7 +33,8 @@ def _grouped_bars(ax, groups: list[str], series: dict[str, list[float | None]], 
 def _plot_ops(result: dict, plt):
     rows = [r for r in result["rows"] if not r["error"]]
     shapes = list(dict.fromkeys(r["shape"] for r in result["rows"]))
-    methods = list(dict.fromkeys(r["method"] for r in result["rows"]))
+    measured = {r["method"] for r in result["rows"]}
+    methods = [m for m in result["settings"]["methods"] if m in measured]
     index = {(r["shape"], r["method"], r["mode"]): r for r in rows}
     panels = [
         ("forward", "median_ms", "forward time (ms)", True),

@@ -32,6 +32,12 @@ def _mib(value: int | None) -> str:
     return "-" if value is None else f"{value / MIB:.1f}"
 
 
+def _brief(error: str) -> str:
+    """An error's first sentence, for a table cell (the JSON keeps its first line)."""
+    sentence = error.split(". ", 1)[0].rstrip(".")
+    return sentence if len(sentence) <= 90 else sentence[:87] + "..."
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -59,7 +65,7 @@ def ops_table(result: dict) -> str:
                 continue
             if r["error"]:
                 cells += ["error", "", "", ""]
-                notes.append(f"{mode}: {r['error']}")
+                notes.append(f"{mode}: {_brief(r['error'])}")
                 continue
             cells += [
                 _ms(r["median_ms"]),
@@ -107,13 +113,13 @@ def models_table(result: dict) -> str:
             r = by_key[(model, dtype, f"infer_b{b}")]
             cells.append("error" if r["error"] else _ms(r["images_per_s"]))
             if r["error"]:
-                errors.append(f"b{b}: {r['error']}")
+                errors.append(f"b{b}: {_brief(r['error'])}")
         big = by_key[(model, dtype, largest)]
         speed = None if not big["time_ratio_to_baseline"] else 1 / big["time_ratio_to_baseline"]
         cells += [_ratio(speed), _mib(big["peak_bytes"])]
         train = by_key[(model, dtype, "train")]
         if train["error"]:
-            errors.append(f"train: {train['error']}")
+            errors.append(f"train: {_brief(train['error'])}")
         cells += [
             "error" if train["error"] else _ms(train["median_ms"]),
             _ratio(train["time_ratio_to_baseline"]),
@@ -169,6 +175,9 @@ def machine_line(result: dict) -> str:
         parts.insert(0, m["gpu"])
     if load:
         parts.append(f"load average {load[0]:.1f} at start")
+    end = m.get("load_average_end")
+    if end:
+        parts.append(f"{end[0]:.1f} at end")
     return ", ".join(parts)
 
 
