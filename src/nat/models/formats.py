@@ -52,6 +52,8 @@ StateDict = dict[str, torch.Tensor]
 WRAPPER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 CONFIG_FILE = "config.json"
+SIDECAR_FORMAT = "nat-original"
+"""``format`` of the JSON config written beside a converted ``.safetensors`` file."""
 _MM_PREFIX = "backbone."
 
 
@@ -115,6 +117,8 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         raise FileNotFoundError(f"checkpoint={str(path)!r} does not exist")
     sidecar = path.with_suffix(".json")
     config = json.loads(sidecar.read_text()) if sidecar.is_file() and sidecar != path else None
+    if config is not None and config.get("format") != SIDECAR_FORMAT:
+        config = None  # some other JSON file that happens to share the name
     source = "safetensors" if _is_safetensors(path) else "torch"
     return Checkpoint(unwrap(read_file(path)), config, source)
 

@@ -229,10 +229,11 @@ def _init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-def _feature_info(embed_dim: int, levels: int) -> list[dict[str, Any]]:
+def _feature_info(embed_dim: int, depths: Sequence[int]) -> list[dict[str, Any]]:
+    """timm's per-level feature description; ``module`` is the last block, before downsampling."""
     return [
-        dict(num_chs=embed_dim * 2**i, reduction=2 ** (i + 2), module=f"levels.{i}")
-        for i in range(levels)
+        dict(num_chs=embed_dim * 2**i, reduction=2 ** (i + 2), module=f"levels.{i}.blocks.{d - 1}")
+        for i, d in enumerate(depths)
     ]
 
 
@@ -276,7 +277,6 @@ class NAT(nn.Module):
         self.num_features = self.head_hidden_size = embed_dim * 2 ** (self.num_levels - 1)
         self.kernel_size = kernels
         self.dilations = dilations
-        self.drop_rate = drop_rate
         self.grad_checkpointing = False
 
         self.patch_embed = ConvTokenizer(in_chans, embed_dim, norm_layer)
@@ -289,7 +289,7 @@ class NAT(nn.Module):
         self.norm = norm_layer(self.num_features)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        self.feature_info = _feature_info(embed_dim, self.num_levels)
+        self.feature_info = _feature_info(embed_dim, depths)
         self.apply(_init_weights)
 
     @torch.jit.ignore
@@ -422,7 +422,8 @@ class NATBackbone(nn.Module):
             )
         out_indices = tuple(sorted({i % levels for i in out_indices}))
         self.out_indices = out_indices
-        self.feature_info = FeatureInfo(_feature_info(embed_dim, levels), out_indices)
+        depths = [len(level.blocks) for level in self.levels]
+        self.feature_info = FeatureInfo(_feature_info(embed_dim, depths), out_indices)
         self.out_channels = self.feature_info.channels()
         self.strides = self.feature_info.reduction()
         for i in range(levels):
@@ -504,6 +505,11 @@ def _select_features(model: NATBackbone, out_indices: Sequence[int], **_: Any) -
 def _create_nat(variant: str, pretrained: bool = False, **kwargs: Any) -> NAT | NATBackbone:
     """timm's builder; ``features_only=True`` builds a :class:`NATBackbone` (mm* layout)."""
     features_only = kwargs.get("features_only", False)
+    if "feature_cls" in kwargs:
+        raise ValueError(
+            f"feature_cls={kwargs['feature_cls']!r} is not supported: features_only=True builds a "
+            f"NATBackbone, whose outputs are the levels' normalised maps"
+        )
     overlay = kwargs.get("pretrained_cfg_overlay") or {}
     if overlay.get("file"):
         # timm would read local files itself; ours also reads directories and names every mismatch.

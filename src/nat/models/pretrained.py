@@ -396,7 +396,7 @@ def convert_checkpoint(
             destination / f"{source.stem if source.is_file() else source.name}.safetensors"
         )
     config = {
-        "format": "nat-original",
+        "format": formats.SIDECAR_FORMAT,
         "architecture": name,
         "backbone": backbone,
         "model_args": args,
