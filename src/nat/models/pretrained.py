@@ -44,6 +44,29 @@ _FIRST_CONV = "patch_embed.proj.0.weight"
 _SHOWN = 12
 
 
+def _variants() -> list[str]:
+    return timm.list_models(["nat_*", "dinat_*"])
+
+
+def _output_levels(state_dict: Mapping[str, Any]) -> list[int]:
+    """The levels a backbone checkpoint has ``norm{i}`` layers for."""
+    return sorted({int(k[4:].split(".")[0]) for k in state_dict if _BACKBONE_NORM.match(k)})
+
+
+def _differences(
+    state_dict: Mapping[str, torch.Tensor],
+    expected: Mapping[str, tuple[int, ...]],
+    allowed_missing: set[str] = frozenset(),
+) -> tuple[list[str], list[str], list[str]]:
+    """(missing, unexpected, shape-mismatched) keys of ``state_dict`` against ``expected``."""
+    missing = [k for k in expected if k not in state_dict and k not in allowed_missing]
+    unexpected = [k for k in state_dict if k not in expected]
+    mismatched = [
+        k for k in state_dict if k in expected and tuple(state_dict[k].shape) != expected[k]
+    ]
+    return missing, unexpected, mismatched
+
+
 class CheckpointMismatchError(ValueError):
     """The checkpoint's keys or shapes do not fit the model (every difference is named)."""
 
@@ -78,11 +101,7 @@ def load_pretrained(
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     state_dict, allowed_missing = _adapt(model, dict(state_dict), expected)
 
-    missing = [k for k in expected if k not in state_dict and k not in allowed_missing]
-    unexpected = [k for k in state_dict if k not in expected]
-    mismatched = [
-        k for k in state_dict if k in expected and tuple(state_dict[k].shape) != expected[k]
-    ]
+    missing, unexpected, mismatched = _differences(state_dict, expected, allowed_missing)
     if missing or unexpected or mismatched:
         report = _mismatch_report(missing, unexpected, mismatched, state_dict, expected)
         if strict:
@@ -266,7 +285,7 @@ def identify_variant(state_dict: Mapping[str, torch.Tensor], hint: str | None = 
     ``dinat_tiny_in1k_224.pth``, which contains every word of ``dinat_tiny``) breaks such ties.
     """
     wanted = _signature(state_dict)
-    fits = [n for n in timm.list_models(["nat_*", "dinat_*"]) if _variant_signature(n) == wanted]
+    fits = [n for n in _variants() if _variant_signature(n) == wanted]
     if not fits:
         raise ValueError("the checkpoint matches no registered NAT/DiNAT variant; pass --model")
     if len(fits) == 1:
@@ -308,7 +327,7 @@ def _resolve_args(
             return config.get("architecture"), args
     if model is None:
         model = identify_variant(state_dict, hint)
-    if model not in timm.list_models(["nat_*", "dinat_*"]):
+    if model not in _variants():
         raise ValueError(f"model={model!r} is not a registered NAT/DiNAT variant")
     with torch.device("meta"):
         variant = timm.create_model(model)
@@ -334,12 +353,9 @@ def load_model(
     if backbone is None:
         backbone = any(_BACKBONE_NORM.match(k) for k in state_dict)
     if backbone and "out_indices" not in args:
-        args["out_indices"] = (
-            sorted({int(k[4:].split(".")[0]) for k in state_dict if _BACKBONE_NORM.match(k)})
-            or None
-        )
+        args["out_indices"] = _output_levels(state_dict) or None
     built = _build(args, backbone)
-    if name is not None and not backbone and name in timm.list_models(["nat_*", "dinat_*"]):
+    if name is not None and not backbone and name in _variants():
         built.pretrained_cfg = timm.models.get_pretrained_cfg(name).to_dict()
     load_pretrained(built, {"state_dict": state_dict}, strict=True)
     return built.eval()
@@ -366,19 +382,13 @@ def convert_checkpoint(
     name, args = _resolve_args(state_dict, ckpt.config, model, source.name)
     backbone = any(_BACKBONE_NORM.match(k) for k in state_dict)
     if backbone:
-        args["out_indices"] = sorted(
-            {int(k[4:].split(".")[0]) for k in state_dict if _BACKBONE_NORM.match(k)}
-        )
+        args["out_indices"] = _output_levels(state_dict)
         args.pop("num_classes", None)
     else:
         args.pop("out_indices", None)
     target = _build(args, backbone, device="meta")
     expected = {k: tuple(v.shape) for k, v in target.state_dict().items()}
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    mismatched = [
-        k for k in state_dict if k in expected and tuple(state_dict[k].shape) != expected[k]
-    ]
+    missing, unexpected, mismatched = _differences(state_dict, expected)
     if missing or unexpected or mismatched:
         report = _mismatch_report(missing, unexpected, mismatched, state_dict, expected)
         raise CheckpointMismatchError(f"{source} does not fit {name or 'its config'}: {report}")
