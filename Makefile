@@ -9,6 +9,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m nat.ops.cpu || echo "nat: no C++ toolchain; the portable torch backend will be used"
 	touch $(STAMP)
 
 install: $(STAMP)
