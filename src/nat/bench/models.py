@@ -210,8 +210,8 @@ def check_model_targets(rows: Sequence[dict], baseline: str, target: str) -> lis
     index = {(r["model"], r["dtype"], r["task"]): r for r in rows}
     checks = []
     for task, label in (
-        ("infer_b8", "inference images/s (batch 8, float32)"),
-        ("train", "training step time (float32)"),
+        ("infer_b8", "inference images/s ratio (batch 8, float32)"),
+        ("train", "training speed: inverse step-time ratio (float32)"),
     ):
         row, ref = index.get((target, "float32", task)), index.get((baseline, "float32", task))
         if not row or not ref or not row["median_ms"] or not ref["median_ms"]:
@@ -219,7 +219,7 @@ def check_model_targets(rows: Sequence[dict], baseline: str, target: str) -> lis
         speedup = ref["median_ms"] / row["median_ms"]
         checks.append(
             {
-                "target": f"{label}: {target} vs {baseline}",
+                "target": f"{target} / {baseline} {label}",
                 "method": target,
                 "value": speedup,
                 "rule": ">=",

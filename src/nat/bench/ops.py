@@ -227,19 +227,13 @@ def run_ops(
         for shape, shape_methods in plan:
             bar.set_postfix_str(shape.name)
             inputs = _make_inputs(shape, device, dtype, seed)
-            calls = {}
-            for method in shape_methods:
-                for mode, fn in _calls(method, shape, inputs).items():
-                    if mode in modes:
-                        calls[(method.name, mode)] = fn
-            keys = list(calls)
-            measured = measure_group(
-                {f"{m}|{mode}": calls[(m, mode)] for m, mode in keys},
-                device,
-                repeats,
-                warmup,
-                on_step=bar.update,
-            )
+            calls = {
+                f"{method.name}|{mode}": fn
+                for method in shape_methods
+                for mode, fn in _calls(method, shape, inputs).items()
+                if mode in modes
+            }
+            measured = measure_group(calls, device, repeats, warmup, on_step=bar.update)
             rows.extend(_shape_rows(shape, shape_methods, modes, measured))
     return {
         "benchmark": "ops",
