@@ -66,7 +66,10 @@ def _common(parser: argparse.ArgumentParser, repeats: int, dtype: str) -> None:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     bench = subparsers.add_parser(
-        "bench", help="benchmark the operator and the models", description=__doc__
+        "bench",
+        help="benchmark the operator and the models",
+        description="Benchmark neighborhood attention against its baselines (ops) and NAT "
+        "against Swin-T and ConvNeXt-T (models); redraw saved results (plot).",
     )
     commands = bench.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)
 
