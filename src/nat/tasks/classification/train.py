@@ -32,6 +32,7 @@ from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ...data import (
@@ -72,9 +73,9 @@ def train(
 
     Writes to ``config.output`` (default ``runs/<time>-<model>``): ``last.pt``/``best.pt``,
     ``metrics.jsonl`` (one line per epoch) and ``summary.json``; progress bars (``progress``) and
-    one line per epoch go to stderr. Resumes from ``resume`` or, if
-    the output directory already holds ``last.pt``, from there. Under ``torchrun`` every process
-    calls this; rank 0 logs and writes files.
+    one line per epoch go to stderr. Resumes from ``resume`` or, if the output directory already
+    holds ``last.pt``, from there. Under ``torchrun`` every process calls this; rank 0 logs and
+    writes files.
     """
     env = init_distributed(config.device)
     output = _output_dir(config, env)
@@ -95,45 +96,7 @@ def train(
     )
     if config.initial_checkpoint:
         load_classifier_weights(model, config.initial_checkpoint, model_name=config.model)
-    data_cfg = data_config_for(
-        model,
-        input_size=config.input_size,
-        interpolation=config.interpolation,
-        crop_pct=config.crop_pct,
-        mean=config.mean,
-        std=config.std,
-    )
-    if train_set is None:
-        train_set, val_set = (
-            create_classification_dataset(DIGITS, s, image_size=data_cfg["input_size"][-1])
-            for s in ("train", "val")
-        )
-    train_set.transform = create_train_transform(
-        data_cfg,
-        scale=config.scale,
-        ratio=config.ratio,
-        hflip=config.hflip,
-        color_jitter=config.color_jitter,
-        auto_augment=config.auto_augment,
-        interpolation=config.train_interpolation,
-        re_prob=config.re_prob,
-        re_mode=config.re_mode,
-        re_count=config.re_count,
-    )
-    val_set.transform = create_eval_transform(data_cfg)
-    loader = train_loader(
-        limit(train_set, config.max_train_samples),
-        config.batch_size,
-        env,
-        seed=config.seed,
-        workers=config.workers,
-    )
-    val_loader = eval_loader(
-        limit(val_set, config.max_val_samples),
-        config.eval_batch_size or 2 * config.batch_size,
-        env,
-        workers=config.workers,
-    )
+    data_cfg, loader, val_loader = _loaders(config, model, env, train_set, val_set)
 
     model.to(env.device)
     global_batch = config.batch_size * env.world_size * config.grad_accum
@@ -320,6 +283,52 @@ def _train_one_epoch(
         "images_per_second": seen / seconds,
         "num_updates": num_updates,
     }
+
+
+def _loaders(
+    config: TrainConfig, model: nn.Module, env: DistEnv, train_set: Any, val_set: Any
+) -> tuple[dict[str, Any], DataLoader, DataLoader]:
+    """The model's data config (with the config's overrides) and the two loaders."""
+    data_cfg = data_config_for(
+        model,
+        input_size=config.input_size,
+        interpolation=config.interpolation,
+        crop_pct=config.crop_pct,
+        mean=config.mean,
+        std=config.std,
+    )
+    if train_set is None:
+        train_set, val_set = (
+            create_classification_dataset(DIGITS, s, image_size=data_cfg["input_size"][-1])
+            for s in ("train", "val")
+        )
+    train_set.transform = create_train_transform(
+        data_cfg,
+        scale=config.scale,
+        ratio=config.ratio,
+        hflip=config.hflip,
+        color_jitter=config.color_jitter,
+        auto_augment=config.auto_augment,
+        interpolation=config.train_interpolation,
+        re_prob=config.re_prob,
+        re_mode=config.re_mode,
+        re_count=config.re_count,
+    )
+    val_set.transform = create_eval_transform(data_cfg)
+    loader = train_loader(
+        limit(train_set, config.max_train_samples),
+        config.batch_size,
+        env,
+        seed=config.seed,
+        workers=config.workers,
+    )
+    val_loader = eval_loader(
+        limit(val_set, config.max_val_samples),
+        config.eval_batch_size or 2 * config.batch_size,
+        env,
+        workers=config.workers,
+    )
+    return data_cfg, loader, val_loader
 
 
 def _datasets(config: TrainConfig) -> tuple[list[str], Any, Any]:
