@@ -31,6 +31,7 @@ _TRAIN_OVERRIDES = (
     ("--lr", float, "learning rate per lr_batch_size images (scaled to the global batch)"),
     ("--warmup-epochs", int, "warm-up epochs"),
     ("--workers", int, "data loader worker processes per process"),
+    ("--threads", int, "CPU threads for intra-op parallelism (default: torch's)"),
     ("--seed", int, "random seed"),
     ("--amp", str, "mixed precision: auto, none, bf16, fp16"),
     ("--device", str, "cpu, cuda, cuda:1 (default: cuda if available)"),

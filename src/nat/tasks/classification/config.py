@@ -77,6 +77,7 @@ class TrainConfig:
     # runtime
     amp: str = "auto"
     workers: int = 4
+    threads: int | None = None
     seed: int = 0
     device: str | None = None
     eval_batch_size: int | None = None

@@ -84,6 +84,8 @@ def train(
     if state is not None:
         config = _resumed_config(config, state, resume_path)
     amp = _resolve_amp(config.amp, env.device)
+    if config.threads:
+        torch.set_num_threads(config.threads)
 
     _seed_everything(config.seed)  # identical initial weights on every rank
     classes, train_set, val_set = _datasets(config)
