@@ -8,8 +8,9 @@ from hypothesis import given, settings
 
 import nat
 from nat.ops import available_backends
+from nat.ops.spec import NAParams, covers_input
 
-from .strategies import problems
+from .strategies import Problem, problems
 
 BACKENDS = [b for b in available_backends("cpu") if b != "reference"]
 
@@ -157,3 +158,37 @@ def test_strided_slices_of_a_packed_qkv_give_the_contiguous_result(backend, head
     expected_grads = torch.autograd.grad(expected.square().sum(), (q2, k2, v2))
     torch.testing.assert_close(out, expected)
     torch.testing.assert_close(grad, torch.stack(expected_grads, 3))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("head_dim", [3, 32])
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float64, 1e-10), (torch.float32, 2e-5)])
+@pytest.mark.parametrize(
+    ("spatial", "kernel_size", "stride"),
+    [((7, 7), 7, 1), ((5, 4), (5, 4), (2, 3)), ((3, 4, 5), (3, 4, 5), 1)],
+)
+def test_windows_covering_the_input_are_dense_attention(
+    backend, head_dim, dtype, tol, spatial, kernel_size, stride
+):
+    """The deepest NAT level (7 x 7 map, kernel 7) takes the dense path: same result, same grads."""
+    ndim = len(spatial)
+    kernel = (kernel_size,) * ndim if isinstance(kernel_size, int) else kernel_size
+    strides = (stride,) * ndim if isinstance(stride, int) else stride
+    assert covers_input(spatial, NAParams(kernel, strides, (1,) * ndim, (False,) * ndim, 1.0))
+    problem = Problem(
+        spatial,
+        kernel,
+        strides,
+        (1,) * ndim,
+        (False,) * ndim,
+        2,
+        2,
+        head_dim,
+        head_dim,
+        all(s == 1 for s in strides) and all(k % 2 for k in kernel),
+    )
+    expected, expected_grads = forward_and_grads(problem, "reference")
+    out, grads = forward_and_grads(problem, backend, dtype)
+    torch.testing.assert_close(out.double(), expected, rtol=tol, atol=tol)
+    for g, e in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(g.double(), e, rtol=10 * tol, atol=10 * tol)

@@ -14,7 +14,7 @@ def op_args(rpb: bool, dtype=torch.float32):
     q, k = (torch.randn(2, 6, 7, 2, 4, generator=g, dtype=dtype) for _ in "qk")
     v = torch.randn(2, 6, 7, 2, 5, generator=g, dtype=dtype)
     bias = torch.randn(2, 5, 5, generator=g, dtype=dtype) if rpb else None
-    return (q, k, v, bias, [3, 3], [1, 1], [2, 1], [False, False], 0.5, "torch")
+    return (q, k, v, bias, [3, 3], [1, 1], [2, 1], [False, False], 0.5, "torch", True)
 
 
 @pytest.mark.parametrize("rpb", [True, False])

@@ -3,7 +3,7 @@
 The operator is declared once with ``torch.library``: ``nat::na_forward`` and ``nat::na_backward``
 with their fake (shape) functions, the autograd formula joining them, and the FLOP formula, so
 eager mode, ``torch.compile`` and ``FlopCounterMode`` all see the same op. A backend is a pair of
-functions ``forward(q, k, v, rpb, params) -> (out, lse)`` and
+functions ``forward(q, k, v, rpb, params, need_lse) -> (out, lse)`` and
 ``backward(grad_out, q, k, v, rpb, out, lse, params) -> (dq, dk, dv, drpb)``; new backends (a fused
 CPU kernel, Triton GPU kernels) register themselves with :func:`register_backend`.
 """
@@ -125,20 +125,22 @@ def _na_forward(
     is_causal: list[bool],
     scale: float,
     backend: str,
+    need_lse: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     params = _params(kernel_size, stride, dilation, is_causal, scale)
     with torch.autocast(query.device.type, enabled=False):
-        return _BACKENDS[backend].forward(query, key, value, rpb, params)
+        out, lse = _BACKENDS[backend].forward(query, key, value, rpb, params, need_lse)
+    # Without autograd the log-sum-exp is not needed: an empty tensor stands for it.
+    return out, lse if need_lse else lse.new_empty(0)
 
 
 @_na_forward.register_fake
 def _na_forward_fake(
-    query, key, value, rpb, kernel_size, stride, dilation, is_causal, scale, backend
+    query, key, value, rpb, kernel_size, stride, dilation, is_causal, scale, backend, need_lse
 ):
     n = math.prod(query.shape[1:-2])
-    lse = query.new_empty(
-        (query.shape[0], query.shape[-2], n), dtype=torch.promote_types(query.dtype, torch.float32)
-    )
+    shape = (query.shape[0], query.shape[-2], n) if need_lse else (0,)
+    lse = query.new_empty(shape, dtype=torch.promote_types(query.dtype, torch.float32))
     return value.new_empty(value.shape), lse
 
 
@@ -179,7 +181,7 @@ def _na_backward_fake(grad_out, query, key, value, rpb, out, lse, *args):
 
 
 def _setup_context(ctx, inputs, output):
-    query, key, value, rpb, *window = inputs
+    query, key, value, rpb, *window, _need_lse = inputs
     out, lse = output
     ctx.save_for_backward(query, key, value, rpb, out, lse)
     ctx.window = window
@@ -191,7 +193,7 @@ def _backward(ctx, grad_out, grad_lse):
     dq, dk, dv, drpb = _na_backward(
         grad_out.contiguous(), query, key, value, rpb, out, lse, *ctx.window
     )
-    return dq, dk, dv, drpb if ctx.has_rpb else None, None, None, None, None, None, None
+    return dq, dk, dv, drpb if ctx.has_rpb else None, None, None, None, None, None, None, None
 
 
 _na_forward.register_autograd(_backward, setup_context=_setup_context)
@@ -256,6 +258,8 @@ def na_op(
         list(params.is_causal),
         params.scale,
         name,
+        torch.is_grad_enabled()
+        and any(t is not None and t.requires_grad for t in (query, key, value, rpb)),
     )
     return out
 

@@ -20,6 +20,7 @@ __all__ = [
     "axis_window",
     "check_na_args",
     "check_window_args",
+    "covers_input",
     "neighbor_table",
     "normalize_tuple",
 ]
@@ -236,6 +237,19 @@ def axis_window(
         valid.append(ok)
         bias.append([kj - qi + kernel - 1 for kj in group_keys])
     return keys, valid, bias
+
+
+def covers_input(spatial: tuple[int, ...], params: NAParams) -> bool:
+    """Whether every query's window is the whole input: NA is then dense attention (plus RPB).
+
+    True when each axis has ``length == kernel_size`` and ``dilation == 1`` (any stride, not
+    causal): the inward-shifted window of every query is then ``[0, length)``, in order. Common
+    at the deepest level of NAT/DiNAT (7 x 7 maps, kernel 7) and for inputs the modules pad.
+    """
+    return not any(params.is_causal) and all(
+        length == k and d == 1
+        for length, k, d in zip(spatial, params.kernel_size, params.dilation, strict=True)
+    )
 
 
 @functools.lru_cache(maxsize=256)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from .spec import NAParams, neighbor_table
+from .spec import NAParams, covers_input, neighbor_table
 
-__all__ = ["na_backward", "na_forward", "na_unfused"]
+__all__ = ["dense_backward", "dense_forward", "na_backward", "na_forward", "na_unfused"]
 
 _CHUNK_BYTES = 32 * 2**20
 
@@ -51,15 +51,88 @@ def _scores(
     return s
 
 
+def _dense_scores(q, k, rpb_flat, bias_idx, scale):
+    """Scores ``[B, heads, N, N]`` of a dense window, in the accumulation dtype."""
+    s = (q @ k.transpose(-1, -2)).to(accumulation_dtype(q.dtype))
+    if rpb_flat is None:
+        return s.mul_(scale)
+    return torch.add(rpb_flat[:, bias_idx].to(s.dtype), s, alpha=scale)
+
+
+def dense_forward(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    rpb: torch.Tensor | None,
+    params: NAParams,
+    need_lse: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`na_forward` for inputs every window covers (:func:`covers_input`): batched GEMMs."""
+    _, _, bias_idx = neighbor_table(tuple(query.shape[1:-2]), params, query.device)
+    q, k, v = _flatten(query), _flatten(key), _flatten(value)
+    rpb_flat = None if rpb is None else rpb.reshape(q.shape[1], -1)
+    if query.device.type == "cpu" and query.dtype != torch.float64:
+        # PyTorch's fused CPU flash attention takes the RPB as an additive mask and returns the
+        # log-sum-exp: one pass, no score matrix in memory.
+        mask = None if rpb_flat is None else rpb_flat[:, bias_idx].to(query.dtype).unsqueeze(0)
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q, k, v, 0.0, False, attn_mask=mask, scale=params.scale
+        )
+    else:
+        s = _dense_scores(q, k, rpb_flat, bias_idx, params.scale)
+        p = torch.softmax(s, dim=-1)
+        # max p = 1 / sum(exp(s - max s)) >= 1 / N: log-sum-exp without a second exp pass.
+        lse = s.amax(-1).sub_(p.amax(-1).log_()) if need_lse else s.new_empty(0)
+        out = p.to(value.dtype) @ v
+    return out.transpose(1, 2).reshape(value.shape).contiguous(), lse
+
+
+def dense_backward(
+    grad_out: torch.Tensor,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    rpb: torch.Tensor | None,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    params: NAParams,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """:func:`na_backward` for inputs every window covers, recomputing the probabilities."""
+    _, _, bias_idx = neighbor_table(tuple(query.shape[1:-2]), params, query.device)
+    q, k, v = _flatten(query), _flatten(key), _flatten(value)
+    do, o = _flatten(grad_out), _flatten(out)
+    acc = accumulation_dtype(query.dtype)
+    rpb_flat = None if rpb is None else rpb.reshape(q.shape[1], -1)
+    p = _dense_scores(q, k, rpb_flat, bias_idx, params.scale).sub_(lse.unsqueeze(-1)).exp_()
+    delta = (do.to(acc) * o.to(acc)).sum(-1, keepdim=True)
+    ds = (do @ v.transpose(-1, -2)).to(acc).sub_(delta).mul_(p)
+    dv = p.transpose(-1, -2) @ do.to(acc)
+    dq = (ds @ k.to(acc)).mul_(params.scale)
+    dk = (ds.transpose(-1, -2) @ q.to(acc)).mul_(params.scale)
+    drpb = None
+    if rpb is not None:
+        drpb = torch.zeros(rpb_flat.shape, dtype=acc, device=rpb.device)
+        drpb.index_add_(1, bias_idx.reshape(-1), ds.sum(0).reshape(q.shape[1], -1))
+        drpb = drpb.reshape(rpb.shape).to(rpb.dtype)
+
+    def back(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return t.transpose(1, 2).reshape(like.shape).to(like.dtype).contiguous()
+
+    return back(dq, query), back(dk, key), back(dv, value), drpb
+
+
 def na_forward(
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
     rpb: torch.Tensor | None,
     params: NAParams,
+    need_lse: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Output ``[B, *spatial, heads, Dv]`` and log-sum-exp ``[B, heads, N]`` (float32+)."""
     spatial = tuple(query.shape[1:-2])
+    if covers_input(spatial, params):
+        return dense_forward(query, key, value, rpb, params, need_lse)
     nbr, valid, bias_idx = neighbor_table(spatial, params, query.device)
     q, k, v = _flatten(query), _flatten(key), _flatten(value)
     batch, heads, n, dim = q.shape
@@ -97,6 +170,8 @@ def na_backward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Gradients for query, key, value and rpb (``None`` without rpb)."""
     spatial = tuple(query.shape[1:-2])
+    if covers_input(spatial, params):
+        return dense_backward(grad_out, query, key, value, rpb, out, lse, params)
     nbr, valid, bias_idx = neighbor_table(spatial, params, query.device)
     q, k, v = _flatten(query), _flatten(key), _flatten(value)
     do, o = _flatten(grad_out), _flatten(out)

@@ -17,7 +17,8 @@ from types import ModuleType
 
 import torch
 
-from ..spec import NAParams, neighbor_table
+from ..spec import NAParams, covers_input, neighbor_table
+from ..torch_backend import dense_backward, dense_forward
 
 __all__ = ["is_available", "load", "na_backward", "na_forward"]
 
@@ -77,9 +78,12 @@ def na_forward(
     value: torch.Tensor,
     rpb: torch.Tensor | None,
     params: NAParams,
+    need_lse: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Output ``[B, *spatial, heads, Dv]`` and log-sum-exp ``[B, heads, N]`` (float32+)."""
     spatial = tuple(query.shape[1:-2])
+    if covers_input(spatial, params):  # every window is the whole input: GEMMs win
+        return dense_forward(query, key, value, rpb, params, need_lse)
     nbr, bias_idx, valid = _tables(spatial, params, query.device)
     out, lse = load().na_forward(
         _rows(query),
@@ -106,6 +110,8 @@ def na_backward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Gradients for query, key, value and rpb (``None`` without rpb)."""
     spatial = tuple(query.shape[1:-2])
+    if covers_input(spatial, params):
+        return dense_backward(grad_out, query, key, value, rpb, out, lse, params)
     nbr, bias_idx, valid = _tables(spatial, params, query.device)
     dq, dk, dv, drpb = load().na_backward(
         _rows(grad_out).contiguous(),
@@ -126,4 +132,3 @@ def na_backward(
         dv.to(value.dtype).reshape(value.shape),
         None if rpb is None else drpb.to(rpb.dtype).reshape(rpb.shape),
     )
-
