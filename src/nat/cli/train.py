@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from typing import Any
 
 import yaml
@@ -94,7 +95,7 @@ def _register_validate(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="val", choices=("train", "val"), help="split (default val)")
     p.add_argument("--num-classes", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
     p.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"))
     p.add_argument("--input-size", type=int, default=None)
     p.add_argument("--crop-pct", type=float, default=None)
