@@ -26,6 +26,20 @@ def test_opcheck(rpb):
     torch.library.opcheck(torch.ops.nat.na_forward.default, args)
 
 
+@pytest.mark.parametrize("backend", [b for b in nat.available_backends("cpu") if b != "reference"])
+@pytest.mark.parametrize("head_dim", [4, 32])
+@pytest.mark.parametrize("spatial", [(6, 7), (3, 3)])
+def test_opcheck_backward(backend, head_dim, spatial):
+    """The backward op's outputs (head-major strided gradients) match its fake function."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, *spatial, 2, head_dim, generator=g) for _ in "qkv")
+    rpb = torch.randn(2, 5, 5, generator=g)
+    window = ([3, 3], [1, 1], [1, 1], [False, False], 0.5, backend)
+    out, lse = torch.ops.nat.na_forward(q, k, v, rpb, *window, True)
+    args = (torch.randn_like(out), q, k, v, rpb, out, lse, *window)
+    torch.library.opcheck(torch.ops.nat.na_backward.default, args)
+
+
 def test_compile_fullgraph_matches_eager_forward_and_backward():
     torch.manual_seed(0)
     module = nat.NeighborhoodAttention2D(16, 2, 3, dilation=2)
@@ -51,6 +65,23 @@ def test_compile_with_inductor_traces_without_graph_breaks():
     explanation = torch._dynamo.explain(fn)(q, k, v, rpb)
     assert explanation.graph_break_count == 0
     torch.testing.assert_close(torch.compile(fn, fullgraph=True)(q, k, v, rpb), fn(q, k, v, rpb))
+
+
+@pytest.mark.parametrize("head_dim", [4, 32])
+def test_inductor_backward_matches_eager(head_dim):
+    """Inductor checks every output's strides against the fake functions, gradients included."""
+    g = torch.Generator().manual_seed(0)
+    qkv = torch.randn(2, 7, 9, 3, 2, head_dim, generator=g, requires_grad=True)
+    rpb = torch.randn(2, 9, 9, generator=g, requires_grad=True)
+
+    def fn(qkv, rpb):
+        q, k, v = qkv.unbind(3)
+        return nat.na2d(q, k, v, 5, rpb=rpb).sin().sum()
+
+    expected = torch.autograd.grad(fn(qkv, rpb), (qkv, rpb))
+    grads = torch.autograd.grad(torch.compile(fn, fullgraph=True)(qkv, rpb), (qkv, rpb))
+    for g_, e in zip(grads, expected, strict=True):
+        torch.testing.assert_close(g_, e)
 
 
 def expected_flops(batch, spatial, heads, dim, dim_v, kernel):

@@ -165,17 +165,21 @@ def _na_backward(
         dq, dk, dv, drpb = _BACKENDS[backend].backward(
             grad_out, query, key, value, rpb, out, lse, params
         )
-    # Custom ops cannot return None: an empty tensor stands for "no rpb".
+    # Gradients are head-major strided views (see torch_backend.heads_last). Custom ops cannot
+    # return None: an empty tensor stands for "no rpb".
     return dq, dk, dv, query.new_empty(0) if drpb is None else drpb
 
 
 @_na_backward.register_fake
 def _na_backward_fake(grad_out, query, key, value, rpb, out, lse, *args):
+    def head_major(t: torch.Tensor) -> torch.Tensor:
+        return t.new_empty((t.shape[0], t.shape[-2], *t.shape[1:-2], t.shape[-1])).movedim(1, -2)
+
     drpb = query.new_empty(0) if rpb is None else rpb.new_empty(rpb.shape)
     return (
-        query.new_empty(query.shape),
-        key.new_empty(key.shape),
-        value.new_empty(value.shape),
+        head_major(query),
+        head_major(key),
+        head_major(value),
         drpb,
     )
 

@@ -27,6 +27,16 @@ def _flatten(t: torch.Tensor) -> torch.Tensor:
     return t.flatten(1, -3).transpose(1, 2)
 
 
+def heads_last(grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A head-major gradient ``[B, heads, N, D]`` as ``like``'s ``[B, *spatial, heads, D]``.
+
+    A strided view (cast to ``like``'s dtype), not a copy: every backend returns its gradients in
+    this layout, which is what the operator's fake (shape) function declares.
+    """
+    batch, heads, _, dim = grad.shape
+    return grad.view(batch, heads, *like.shape[1:-2], dim).movedim(1, -2).to(like.dtype)
+
+
 def _chunks(n: int, per_query_bytes: int):
     step = max(1, _CHUNK_BYTES // max(1, per_query_bytes))
     for start in range(0, n, step):
@@ -115,10 +125,7 @@ def dense_backward(
         drpb.index_add_(1, bias_idx.reshape(-1), ds.sum(0).reshape(q.shape[1], -1))
         drpb = drpb.reshape(rpb.shape).to(rpb.dtype)
 
-    def back(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        return t.transpose(1, 2).reshape(like.shape).to(like.dtype).contiguous()
-
-    return back(dq, query), back(dk, key), back(dv, value), drpb
+    return heads_last(dq, query), heads_last(dk, key), heads_last(dv, value), drpb
 
 
 def na_forward(
@@ -213,13 +220,10 @@ def na_backward(
         if drpb is not None:
             drpb.index_add_(1, bias_idx[c].reshape(-1), ds.sum(0).reshape(heads, width))
 
-    def back(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        return t.transpose(1, 2).reshape(like.shape).to(like.dtype).contiguous()
-
     return (
-        back(dq, query),
-        back(dk, key),
-        back(dv, value),
+        heads_last(dq, query),
+        heads_last(dk, key),
+        heads_last(dv, value),
         None if drpb is None else drpb.reshape(rpb.shape).to(rpb.dtype),
     )
 

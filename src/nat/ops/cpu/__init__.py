@@ -18,7 +18,7 @@ from types import ModuleType
 import torch
 
 from ..spec import NAParams, covers_input, neighbor_table
-from ..torch_backend import dense_backward, dense_forward
+from ..torch_backend import dense_backward, dense_forward, heads_last
 
 __all__ = ["is_available", "load", "na_backward", "na_forward"]
 
@@ -127,8 +127,8 @@ def na_backward(
         params.scale,
     )
     return (
-        dq.to(query.dtype).reshape(query.shape),
-        dk.to(key.dtype).reshape(key.shape),
-        dv.to(value.dtype).reshape(value.shape),
+        heads_last(dq, query),
+        heads_last(dk, key),
+        heads_last(dv, value),
         None if rpb is None else drpb.to(rpb.dtype).reshape(rpb.shape),
     )

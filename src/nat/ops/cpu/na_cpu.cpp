@@ -123,13 +123,16 @@ void backward_kernel(
     const int32_t* bidx, const bool* valid, acc_t* dq, acc_t* dk, acc_t* dv, acc_t* drpb,
     int64_t B, int64_t N, int64_t H, int64_t D, int64_t Dv, int64_t P, int64_t R, acc_t scale) {
   // One (batch, head) slice per task: the scatter into dk/dv/drpb stays inside the slice.
+  // Gradients are head-major [B, heads, N, D] (see backward_f32).
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> s(P), qv(D), dov(Dv);
     for (int64_t work = begin; work < end; ++work) {
       const int64_t h = work % H;
       const int64_t b = work / H;
-      const int64_t qk_base = b * N * H * D + h * D;
       const int64_t v_base = b * N * H * Dv + h * Dv;
+      acc_t* dq_slice = dq + (b * H + h) * N * D;
+      acc_t* dk_slice = dk + (b * H + h) * N * D;
+      acc_t* dv_slice = dv + (b * H + h) * N * Dv;
       const scalar_t* bias = rpb ? rpb + h * R : nullptr;
       acc_t* drpb_slice = drpb ? drpb + (b * H + h) * R : nullptr;
       for (int64_t n = 0; n < N; ++n) {
@@ -146,10 +149,9 @@ void backward_kernel(
         const int32_t* nb = nbr + n * P;
         const bool* ok = valid ? valid + n * P : nullptr;
         const acc_t l = lse[(b * H + h) * N + n];
-        acc_t* dqp = dq + qk_base + row * D;
+        acc_t* dqp = dq_slice + n * D;
         for (int64_t p = 0; p < P; ++p) {
           if (ok && !ok[p]) continue;
-          const int64_t key_row = static_cast<int64_t>(nb[p]) * H;
           const scalar_t* kp = k + b * ks.b + h * ks.h + static_cast<int64_t>(nb[p]) * ks.n;
           const scalar_t* vp = v + b * vs.b + h * vs.h + static_cast<int64_t>(nb[p]) * vs.n;
           acc_t dot = 0, dp = 0;
@@ -160,8 +162,8 @@ void backward_kernel(
           if (bias) dot += static_cast<acc_t>(bias[bidx[n * P + p]]);
           const acc_t prob = fast_exp(dot - l);
           const acc_t ds = prob * (dp - delta);
-          acc_t* dkp = dk + qk_base + key_row * D;
-          acc_t* dvp = dv + v_base + key_row * Dv;
+          acc_t* dkp = dk_slice + static_cast<int64_t>(nb[p]) * D;
+          acc_t* dvp = dv_slice + static_cast<int64_t>(nb[p]) * Dv;
 #pragma omp simd
           for (int64_t d = 0; d < D; ++d) {
             dqp[d] += ds * static_cast<acc_t>(kp[d]) * scale;
@@ -482,12 +484,10 @@ std::vector<torch::Tensor> na_backward(
   const auto acc_opts = lse.options();
   const bool f32 = q.scalar_type() == at::kFloat && D == Dv &&
                    (D == 16 || D == 32 || D == 64 || D == 128);
-  // The float32 path accumulates in [B, heads, N, D] (see backward_f32); the generic one in
-  // the input layout.
-  auto grad_buffer = [&](const torch::Tensor& like) {
-    return f32 ? torch::zeros({B, H, N, like.size(3)}, acc_opts) : torch::zeros(like.sizes(), acc_opts);
-  };
-  auto dq = grad_buffer(q), dk = grad_buffer(k), dv = grad_buffer(v);
+  // Head-major [B, heads, N, D] gradients; the float32 path writes every dq row exactly once.
+  auto dq = f32 ? torch::empty({B, H, N, D}, acc_opts) : torch::zeros({B, H, N, D}, acc_opts);
+  auto dk = torch::zeros({B, H, N, D}, acc_opts);
+  auto dv = torch::zeros({B, H, N, Dv}, acc_opts);
   auto drpb = torch::zeros({B, H, rpb ? R : 0}, acc_opts);
   const bool fast =
       f32 && with_f32_dims(D, Dv, [&](auto nd, auto ndv) {
@@ -500,10 +500,7 @@ std::vector<torch::Tensor> na_backward(
             B, N, H, P, R, static_cast<float>(scale));
         return true;
       });
-  if (fast) {
-    return {dq.transpose(1, 2).contiguous(), dk.transpose(1, 2).contiguous(),
-            dv.transpose(1, 2).contiguous(), drpb.sum(0)};
-  }
+  if (fast) return {dq, dk, dv, drpb.sum(0)};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "na_backward", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     backward_kernel<scalar_t, acc_t>(
