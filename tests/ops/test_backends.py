@@ -192,3 +192,13 @@ def test_windows_covering_the_input_are_dense_attention(
     torch.testing.assert_close(out.double(), expected, rtol=tol, atol=tol)
     for g, e in zip(grads, expected_grads, strict=True):
         torch.testing.assert_close(g.double(), e, rtol=10 * tol, atol=10 * tol)
+
+
+@pytest.mark.parametrize("backend", [*BACKENDS, "reference"])
+@pytest.mark.parametrize("shape", [(0, 8, 8, 2, 4), (2, 8, 8, 0, 4), (0, 7, 7, 2, 32)])
+def test_empty_batch_or_heads_give_empty_results(backend, shape):
+    q = torch.randn(shape, requires_grad=True)
+    out = nat.na2d(q, q, q, 3, backend=backend)
+    assert out.shape == shape
+    out.sum().backward()
+    assert q.grad.shape == shape

@@ -74,9 +74,10 @@ def na_reference(
     total = 1
     for length in spatial:
         total *= length
-    q = query.to(compute).reshape(batch, total, heads, -1).transpose(1, 2)
-    k = key.to(compute).reshape(batch, total, heads, -1).transpose(1, 2)
-    v = value.to(compute).reshape(batch, total, heads, -1).transpose(1, 2)
+    q, k, v = (
+        t.to(compute).reshape(batch, total, heads, t.shape[-1]).transpose(1, 2)
+        for t in (query, key, value)
+    )
     scores = params.scale * (q @ k.transpose(-1, -2))
     if rpb is not None:
         bias = rpb.to(compute)[(slice(None), *rpb_indices)]  # [heads, *q_spatial, *k_spatial]

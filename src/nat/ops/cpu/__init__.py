@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import logging
 import platform
 from pathlib import Path
@@ -68,7 +69,7 @@ def _tables(spatial: tuple[int, ...], params: NAParams, device: torch.device):
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
     """``[B, *spatial, heads, D]`` as ``[B, N, heads, D]``, a view whenever the strides allow."""
-    t = t.reshape(t.shape[0], -1, *t.shape[-2:])
+    t = t.reshape(t.shape[0], math.prod(t.shape[1:-2]), *t.shape[-2:])
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
