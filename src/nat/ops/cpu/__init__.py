@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import math
 import logging
+import math
 import platform
 from pathlib import Path
 from types import ModuleType
