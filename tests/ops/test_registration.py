@@ -108,3 +108,11 @@ def test_flop_counter_counts_the_spec_cost(spatial, kernel, stride, dilation, ca
     with FlopCounterMode(display=False) as counter:
         out.sum().backward()
     assert counter.get_flop_counts()["Global"][torch.ops.nat.na_backward] == 2 * forward
+
+
+def test_flop_counter_sees_inference_calls_too():
+    """Eager inference skips the op's dispatch, but never while a mode such as this one watches."""
+    q = torch.randn(1, 9, 9, 2, 8)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        nat.na2d(q, q, q, 3)
+    assert counter.get_total_flops() == expected_flops(1, (9, 9), 2, 8, 8, (3, 3))
