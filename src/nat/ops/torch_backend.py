@@ -109,9 +109,8 @@ def dense_backward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """:func:`na_backward` for inputs every window covers, recomputing the probabilities."""
     _, _, bias_idx = neighbor_table(tuple(query.shape[1:-2]), params, query.device)
-    # Head-major copies, made once: each is an operand of several products below.
-    q, k, v, do = (_flatten(t).contiguous() for t in (query, key, value, grad_out))
-    o = _flatten(out)
+    q, k, v = _flatten(query), _flatten(key), _flatten(value)
+    do, o = _flatten(grad_out), _flatten(out)
     acc = accumulation_dtype(query.dtype)
     rpb_flat = None if rpb is None else rpb.reshape(q.shape[1], -1)
     p = _dense_scores(q, k, rpb_flat, bias_idx, params.scale).sub_(lse.unsqueeze(-1)).exp_()
