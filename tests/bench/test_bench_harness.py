@@ -25,7 +25,7 @@ def test_peak_memory_ignores_tensors_alive_before_the_call():
     assert peak < MIB
 
 
-def test_measure_group_interleaves_repeats_and_keeps_going_after_an_error():
+def test_measure_group_interleaves_rotating_repeats_and_keeps_going_after_an_error():
     order = []
 
     def ok(name):
@@ -38,7 +38,8 @@ def test_measure_group_interleaves_repeats_and_keeps_going_after_an_error():
         {"a": ok("a"), "b": ok("b"), "broken": broken}, torch.device("cpu"), repeats=3, warmup=1
     )
     assert (
-        order[:8] == ["a", "b"] * 4
+        # warm-up a b (broken fails), then rounds in rotated order: ab, b(broken)a, (broken)ab
+        order[:8] == ["a", "b", "a", "b", "b", "a", "a", "b"]
         and len(results["a"].times_s) == 3
         and results["a"].median_s >= 0
         and results["a"].peak_bytes is not None

@@ -1,8 +1,9 @@
 """Timing and peak-memory measurement shared by the op and model benchmarks.
 
 Calls that are compared with each other are measured in one group and their repeats are
-interleaved round-robin (A B C A B C ...), so drifting machine load hits every method alike and
-the ratios of medians stay meaningful on a busy machine.
+interleaved round-robin, rotating (A B C, B C A, C A B, ...), so drifting machine load and the
+caches a neighbour flushes hit every method alike and the ratios of medians stay meaningful on a
+busy machine.
 
 Peak memory is the largest amount of tensor memory allocated *on top of what was live before the
 call*, at any moment during the call:
@@ -133,6 +134,8 @@ def measure_group(
 ) -> dict[str, Measurement]:
     """Measure every call of ``calls`` ``repeats`` times, interleaved round-robin.
 
+    The order rotates by one each round, so every call spends as many rounds in each position.
+
     Each call first runs ``warmup`` times (also interleaved), then ``repeats`` timed times, then,
     with ``memory``, once more for its peak memory. A call that raises is recorded with its error
     and leaves the rotation. ``on_step`` runs after every call (a progress bar's update).
@@ -158,8 +161,13 @@ def measure_group(
         for _ in range(warmup):
             for name, fn in calls.items():
                 attempt(name, fn)
-        for _ in range(repeats):
-            for name, fn in calls.items():
+        names = list(calls)
+        for round_ in range(repeats):
+            # Rotate the order every round: no method always follows the same (perhaps
+            # cache-flushing) neighbour.
+            shift = round_ % len(names)
+            for name in names[shift:] + names[:shift]:
+                fn = calls[name]
                 attempt(name, lambda n=name, f=fn: results[n].times_s.append(_timed(f, device)))
     finally:
         if gc_was_enabled:
