@@ -21,9 +21,7 @@ Key layouts, all converted to the *original* one (the reference implementation's
 from __future__ import annotations
 
 import json
-import pickle
 import re
-import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +29,8 @@ from typing import Any
 
 import safetensors.torch
 import torch
+
+from ..files import is_safetensors, read_tensors
 
 __all__ = [
     "Checkpoint",
@@ -40,7 +40,6 @@ __all__ = [
     "model_args_to_hf_config",
     "original_to_hf",
     "read_checkpoint",
-    "read_file",
     "to_original",
     "unwrap",
     "write_hf",
@@ -67,40 +66,6 @@ class Checkpoint:
     """How it was read: ``"torch"``, ``"safetensors"`` or ``"directory"``."""
 
 
-def read_file(path: str | Path) -> Any:
-    """Load a PyTorch or safetensors file onto the CPU, refusing anything but tensors/containers."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint={str(path)!r} is not a file")
-    if _is_safetensors(path):
-        return safetensors.torch.load_file(str(path), device="cpu")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        found = re.search(r"GLOBAL ([\w.]+)", str(err))
-        what = f" (it references {found.group(1)})" if found else ""
-        raise ValueError(
-            f"checkpoint={str(path)!r} carries pickled Python objects{what}; it is refused "
-            f"because loading it could run code (weights_only=True). Re-save only tensors "
-            f"(torch.save(model.state_dict(), ...)) or use safetensors"
-        ) from None
-    except RuntimeError as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ValueError(
-            f"checkpoint={str(path)!r} is neither a PyTorch nor a safetensors file ({first})"
-        ) from None
-
-
-def _is_safetensors(path: Path) -> bool:
-    """safetensors files start with an 8-byte little-endian header size, then a JSON object."""
-    with path.open("rb") as f:
-        head = f.read(9)
-    if len(head) < 9:
-        return False
-    (size,) = struct.unpack("<Q", head[:8])
-    return head[8:9] == b"{" and 8 + size <= path.stat().st_size
-
-
 def read_checkpoint(path: str | Path) -> Checkpoint:
     """Read a file or a hub-style directory; a ``X.json`` beside ``X.safetensors`` is its config."""
     path = Path(path)
@@ -112,15 +77,15 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
                 f"checkpoint={str(path)!r} is a directory without {' or '.join(HF_WEIGHT_FILES)}"
             )
         config = json.loads(config_path.read_text()) if config_path.is_file() else None
-        return Checkpoint(unwrap(read_file(weights)), config, "directory")
+        return Checkpoint(unwrap(read_tensors(weights)), config, "directory")
     if not path.exists():
         raise FileNotFoundError(f"checkpoint={str(path)!r} does not exist")
     sidecar = path.with_suffix(".json")
     config = json.loads(sidecar.read_text()) if sidecar.is_file() and sidecar != path else None
     if config is not None and config.get("format") != SIDECAR_FORMAT:
         config = None  # some other JSON file that happens to share the name
-    source = "safetensors" if _is_safetensors(path) else "torch"
-    return Checkpoint(unwrap(read_file(path)), config, source)
+    source = "safetensors" if is_safetensors(path) else "torch"
+    return Checkpoint(unwrap(read_tensors(path)), config, source)
 
 
 def unwrap(obj: Any) -> StateDict:

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ...files import CheckpointError, atomic_save, read_tensors
+
 __all__ = [
     "CheckpointError",
     "capture_rng_state",
@@ -24,44 +26,15 @@ __all__ = [
 ]
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or does not fit the model."""
-
-
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     """Write ``state`` to ``path`` atomically (temporary file, fsync, rename, fsync directory)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return path
+    return atomic_save(state, path)
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Load a checkpoint onto the CPU with ``weights_only=True``; a missing, truncated or corrupt
     file raises one clear error (:class:`FileNotFoundError` / :class:`CheckpointError`)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError, ...
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} is truncated or corrupt ({reason[:200]})"
-        ) from None
+    state = read_tensors(path)
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {str(path)!r} does not hold a dict")
     return state
