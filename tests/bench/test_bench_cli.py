@@ -2,6 +2,8 @@
 
 import json
 
+import torch
+
 from nat.cli import main
 
 FAST = ["--repeats", "1", "--warmup", "0", "--no-progress"]
@@ -51,7 +53,7 @@ def test_bench_models_quick_writes_json(tmp_path):
         "models",
         "--quick",
         "--models",
-        "test_vit,not_a_model",
+        "test_vit",
         "--dtype",
         "float32",
         "--batch-sizes",
@@ -67,6 +69,24 @@ def test_bench_models_quick_writes_json(tmp_path):
         ("test_vit", "train"),
     }
     assert all(r["median_ms"] > 0 and r["peak_bytes"] > 0 for r in result["rows"])
+
+
+def test_bench_models_library_skips_models_it_cannot_build():
+    from nat.bench.models import run_models
+
+    result = run_models(
+        ["test_vit", "not_a_model"],
+        "cpu",
+        [torch.float32],
+        [1],
+        1,
+        None,
+        1,
+        0,
+        "test_vit",
+        progress=False,
+    )
+    assert {r["model"] for r in result["rows"]} == {"test_vit"}
     assert "not_a_model" in result["skipped"]
 
 

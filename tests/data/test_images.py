@@ -9,6 +9,7 @@ from nat.data import (
     UnreadableImageError,
     create_classification_dataset,
     dataset_classes,
+    drop_skipped,
 )
 
 from .folders import corrupt, make_image_folder, make_split_folder
@@ -48,7 +49,7 @@ def test_corrupt_image_error_from_a_worker_is_one_line_naming_the_file(tmp_path)
 def test_skip_bad_images_substitutes_the_next_image_with_a_warning(tmp_path, caplog):
     make_image_folder(tmp_path, classes=1, per_class=3)
     bad = corrupt(tmp_path / "c0" / "1.png")
-    ds = ImageFolderDataset(tmp_path, transform=lambda im: torch.tensor(1), skip_bad_images=True)
+    ds = ImageFolderDataset(tmp_path, transform=lambda im: torch.tensor(1), bad_images="replace")
     with caplog.at_level(logging.WARNING):
         items = [ds[i] for i in range(len(ds))]
     assert len(items) == 3 and str(bad) in caplog.text
@@ -69,3 +70,17 @@ def test_missing_split_folder_is_a_clear_error(tmp_path):
     make_image_folder(tmp_path / "train", classes=1, per_class=1)
     with pytest.raises(FileNotFoundError, match="no val/validation/test folder"):
         create_classification_dataset(tmp_path, "val")
+
+
+def test_skipped_images_are_left_out_of_evaluation_batches(tmp_path):
+    make_split_folder(tmp_path, classes=2, train=3, val=3)
+    corrupt(tmp_path / "val" / "c0" / "1.png")
+    val = create_classification_dataset(tmp_path, "val", skip_bad_images=True)
+    val.transform = lambda im: torch.zeros(1)
+    batches = list(DataLoader(val, batch_size=4, collate_fn=drop_skipped))
+    targets = torch.cat([targets for _, targets in batches])
+    assert targets.tolist() == [0, 0, 1, 1, 1]
+
+
+def test_a_batch_of_only_skipped_images_is_none():
+    assert drop_skipped([None, None]) is None

@@ -122,6 +122,9 @@ def run_models(
             loaded[name] = _create(name, device)
         except (ValueError, RuntimeError) as err:
             skipped[name] = str(err)
+    if baseline not in loaded:
+        reason = skipped.get(baseline, "it is not among the models")
+        raise ValueError(f"baseline model {baseline!r} cannot be measured: {reason}")
     tasks = [f"infer_b{b}" for b in batch_sizes] + ["train"]
     steps = len(dtypes) * len(loaded) * len(tasks) * (warmup + repeats + 1)
     rows = []

@@ -1,26 +1,78 @@
 """The ``nat`` command. Each module of this package adds its subcommands with ``register``.
 
 The CLI is thin: a subcommand parses arguments, calls a library function and prints the result.
-Expected failures (bad data, a mismatched checkpoint) are raised as :class:`CLIError` or
-``ValueError``/``FileNotFoundError`` and reported as one line with a non-zero exit status.
+Every error a user can cause ends in one line naming the input and a non-zero exit status: bad
+option values are refused where they are parsed (the argument types below, one-line parser
+errors), and expected failures of the library (bad data, a mismatched checkpoint, an unwritable
+directory) are raised as :class:`CLIError`, ``ValueError`` or ``OSError`` and printed as one line.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import math
+import os
 import pkgutil
 import sys
+from collections.abc import Callable
 
-__all__ = ["CLIError", "build_parser", "main"]
+__all__ = [
+    "CLIError",
+    "Parser",
+    "build_parser",
+    "fraction",
+    "main",
+    "non_negative_int",
+    "one_line",
+    "positive_float",
+    "positive_int",
+]
+
+_MAX_MESSAGE = 1000
 
 
 class CLIError(Exception):
     """A user-facing error: printed as one line, exit status 2."""
 
 
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (no usage block) naming the option."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+
+
+def one_line(text: object) -> str:
+    """``text`` with its whitespace folded into one line (long messages are cut)."""
+    folded = " ".join(str(text).split())
+    return folded if len(folded) <= _MAX_MESSAGE else folded[: _MAX_MESSAGE - 3] + "..."
+
+
+def _number(
+    parse: Callable[[str], float], rule: str, ok: Callable[[float], bool]
+) -> Callable[[str], float]:
+    def convert(text: str) -> float:
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {rule}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {rule}")
+        return value
+
+    convert.__name__ = rule
+    return convert
+
+
+positive_int = _number(int, "an integer >= 1", lambda v: v >= 1)
+non_negative_int = _number(int, "an integer >= 0", lambda v: v >= 0)
+positive_float = _number(float, "a finite number > 0", lambda v: math.isfinite(v) and v > 0)
+fraction = _number(float, "a number in (0, 1]", lambda v: 0 < v <= 1)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="nat", description="Neighborhood Attention Transformers: models, training, benchmarks."
     )
     parser.add_argument("--version", action="version", version=_version())
@@ -43,10 +95,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         result = args.func(args)
-    except (CLIError, ValueError, FileNotFoundError, NotADirectoryError, RuntimeError) as err:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (``nat models | head -1``): not an error; silence the final flush.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except (CLIError, ValueError, OSError, RuntimeError) as err:
         if getattr(args, "debug", False):
             raise
-        print(f"nat {args.command}: error: {err}", file=sys.stderr)
+        print(f"nat {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"nat {args.command}: interrupted", file=sys.stderr)

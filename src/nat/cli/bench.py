@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from . import CLIError
+from . import CLIError, non_negative_int, positive_int
 
 DTYPES = {
     "float32": torch.float32,
@@ -25,35 +25,54 @@ def _names(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(part) for part in _names(text)]
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from err
+def _positive_ints(text: str) -> list[int]:
+    values = [positive_int(part) for part in _names(text)]
+    if not values:
+        raise argparse.ArgumentTypeError(f"{text!r} holds no integer")
+    return values
+
+
+def _dtype(text: str) -> torch.dtype:
+    if text not in DTYPES:
+        raise argparse.ArgumentTypeError(f"unknown dtype {text!r}; one of {', '.join(DTYPES)}")
+    return DTYPES[text]
 
 
 def _dtypes(text: str) -> list[torch.dtype]:
-    unknown = [name for name in _names(text) if name not in DTYPES]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown dtype {unknown[0]!r}; one of {list(DTYPES)}")
-    return [DTYPES[name] for name in _names(text)]
+    values = [_dtype(name) for name in _names(text)]
+    if not values:
+        raise argparse.ArgumentTypeError(f"{text!r} holds no dtype")
+    return values
+
+
+def _models(text: str) -> list[str]:
+    import timm
+
+    from .. import models as _registers_nat  # noqa: F401
+
+    names = _names(text)
+    unknown = [name for name in names if not timm.is_model(name)]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"{unknown[0] if unknown else text!r} is not a timm model name (see timm.list_models())"
+        )
+    return names
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def _common(parser: argparse.ArgumentParser, repeats: int, dtype: str) -> None:
+def _common(parser: argparse.ArgumentParser, repeats: int) -> None:
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     parser.add_argument(
-        "--repeats", type=int, help=f"timed repeats per measurement (default: {repeats})"
+        "--threads", type=positive_int, help="torch intra-op threads (default: torch's)"
     )
-    parser.add_argument("--warmup", type=int, help="untimed warm-up calls first (default: 2)")
     parser.add_argument(
-        "--dtype", type=_dtypes, default=_dtypes(dtype), help=f"comma-separated (default: {dtype})"
+        "--repeats", type=positive_int, help=f"timed repeats per measurement (default: {repeats})"
+    )
+    parser.add_argument(
+        "--warmup", type=non_negative_int, help="untimed warm-up calls first (default: 2)"
     )
     parser.add_argument("--json", type=Path, metavar="PATH", help="write all results as JSON")
     parser.add_argument("--plot", type=Path, metavar="PATH", help="draw the results (PNG)")
@@ -80,7 +99,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "against Swin window attention (WSA), an unfold-based NA, dense SDPA and NATTEN "
         "(when installed), with each method's ratio to WSA.",
     )
-    _common(ops, repeats=10, dtype="float32")
+    _common(ops, repeats=10)
+    ops.add_argument(
+        "--dtype", type=_dtype, default=torch.float32, help="one dtype (default: float32)"
+    )
     ops.add_argument(
         "--shapes",
         type=_names,
@@ -109,17 +131,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Inference throughput and training step time/memory of timm models, "
         "with each model's ratio to the baseline (Swin-T).",
     )
-    _common(models, repeats=5, dtype="float32,bfloat16")
+    _common(models, repeats=5)
+    models.add_argument(
+        "--dtype",
+        type=_dtypes,
+        default=_dtypes("float32,bfloat16"),
+        help="comma-separated (default: float32,bfloat16)",
+    )
     models.add_argument(
         "--models",
-        type=_names,
+        type=_models,
         help="timm model names (default: nat_mini,nat_tiny,swin_tiny_patch4_window7_224,"
         "convnext_tiny; with --quick: test_vit,test_convnext)",
     )
     models.add_argument("--baseline", help="model the ratios refer to (default: Swin-T)")
-    models.add_argument("--batch-sizes", type=_ints, help="inference batch sizes (default: 1,8)")
-    models.add_argument("--train-batch", type=int, help="training batch size (default: 8)")
-    models.add_argument("--img-size", type=int, help="input resolution (default: the model's)")
+    models.add_argument(
+        "--batch-sizes", type=_positive_ints, help="inference batch sizes (default: 1,8)"
+    )
+    models.add_argument("--train-batch", type=positive_int, help="training batch size (default: 8)")
+    models.add_argument(
+        "--img-size", type=positive_int, help="input resolution (default: the model's)"
+    )
     models.set_defaults(func=run_models_command)
 
     plot = commands.add_parser("plot", help="draw a saved JSON result (PNG)")
@@ -130,8 +162,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _setup(args: argparse.Namespace) -> torch.device:
     if args.threads is not None:
-        if args.threads < 1:
-            raise CLIError(f"--threads={args.threads} must be >= 1")
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -168,8 +198,6 @@ def run_ops_command(args: argparse.Namespace) -> int:
     shapes = ops.shapes_by_name(args.shapes or (["quick"] if args.quick else ["stages", "large"]))
     repeats = args.repeats or (3 if args.quick else 10)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
-    if len(args.dtype) != 1:
-        raise CLIError("nat bench ops takes one --dtype")
     methods = ops.default_methods(device, args.backends, args.baselines)
     command = _command(
         [
@@ -181,7 +209,7 @@ def run_ops_command(args: argparse.Namespace) -> int:
             "--threads",
             str(torch.get_num_threads()),
             "--dtype",
-            _dtype_name(args.dtype[0]),
+            _dtype_name(args.dtype),
             "--repeats",
             str(repeats),
             "--warmup",
@@ -200,7 +228,7 @@ def run_ops_command(args: argparse.Namespace) -> int:
     result = ops.run_ops(
         shapes,
         device,
-        args.dtype[0],
+        args.dtype,
         methods,
         repeats,
         warmup,
@@ -219,6 +247,8 @@ def run_models_command(args: argparse.Namespace) -> int:
         bench_models.QUICK_MODELS if args.quick else bench_models.DEFAULT_MODELS
     )
     baseline = args.baseline or (names[0] if args.quick else bench_models.BASELINE_MODEL)
+    if baseline not in names:
+        raise CLIError(f"--baseline={baseline!r} is not one of the models ({', '.join(names)})")
     batch_sizes = args.batch_sizes or ([1, 2] if args.quick else [1, 8])
     train_batch = args.train_batch or (2 if args.quick else 8)
     repeats = args.repeats or (2 if args.quick else 5)
@@ -267,7 +297,17 @@ def run_models_command(args: argparse.Namespace) -> int:
 def plot_command(args: argparse.Namespace) -> int:
     from ..bench import plot_result
 
-    result = json.loads(args.result.read_text())
-    plot_result(result, args.out)
+    try:
+        result = json.loads(args.result.read_text())
+    except json.JSONDecodeError as err:
+        raise CLIError(f"{str(args.result)!r} is not valid JSON ({err})") from None
+    if not isinstance(result, dict) or result.get("benchmark") not in ("ops", "models"):
+        raise CLIError(f"{str(args.result)!r} is not a result written by nat bench --json")
+    try:
+        plot_result(result, args.out)
+    except (KeyError, TypeError, IndexError) as err:
+        raise CLIError(
+            f"{str(args.result)!r} is an incomplete benchmark result ({err!r})"
+        ) from None
     print(f"wrote {args.out}")
     return 0

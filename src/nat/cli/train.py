@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from typing import Any
 
 import yaml
 
-from . import CLIError
+from ..data import DIGITS, INTERPOLATIONS
+from . import CLIError, fraction, non_negative_int, positive_int
 
 __all__ = ["register"]
 
@@ -55,7 +57,8 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--config",
         default=None,
-        help="named recipe (digits, nat_mini, nat_tiny, ...) or YAML file; default: digits",
+        help="named recipe (digits, nat_mini, nat_tiny, ...) or YAML file; default: digits for "
+        "the digits, else the default settings (nat.tasks.classification.TrainConfig)",
     )
     for flag, type_, help_ in _TRAIN_OVERRIDES:
         p.add_argument(flag, type=type_, default=None, help=help_)
@@ -93,14 +96,14 @@ def _register_validate(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default="digits", help="image folder, dataset root or 'digits'")
     p.add_argument("--dataset", default="", help="timm dataset name, e.g. torch/cifar10")
     p.add_argument("--split", default="val", choices=("train", "val"), help="split (default val)")
-    p.add_argument("--num-classes", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
+    p.add_argument("--num-classes", type=positive_int, default=None)
+    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--workers", type=non_negative_int, default=min(4, os.cpu_count() or 1))
     p.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"))
-    p.add_argument("--input-size", type=int, default=None)
-    p.add_argument("--crop-pct", type=float, default=None)
-    p.add_argument("--interpolation", default=None)
-    p.add_argument("--max-samples", type=int, default=None)
+    p.add_argument("--input-size", type=positive_int, default=None)
+    p.add_argument("--crop-pct", type=fraction, default=None)
+    p.add_argument("--interpolation", default=None, choices=INTERPOLATIONS)
+    p.add_argument("--max-samples", type=positive_int, default=None)
     p.add_argument("--skip-bad-images", action="store_true")
     p.add_argument("--device", default=None)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -114,8 +117,8 @@ def _register_predict(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--model", default="nat_digits", help="model name (default nat_digits)")
     p.add_argument("--checkpoint", default=None, help="weights (default: timm's pretrained)")
-    p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument("--top-k", type=positive_int, default=5)
+    p.add_argument("--num-classes", type=positive_int, default=None)
     p.add_argument("--device", default=None)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -139,8 +142,11 @@ def _train(args: argparse.Namespace) -> int:
         if saved is None:
             raise CLIError(f"{args.resume} is not a training checkpoint; cannot resume")
         config = TrainConfig.from_dict(saved).replace(**overrides)
+    elif args.config is None and overrides.get("data", DIGITS) != DIGITS:
+        print("nat train: no --config: the default settings (TrainConfig)", file=sys.stderr)
+        config = TrainConfig().replace(**overrides)
     else:
-        config = load_config(args.config or "digits", **overrides)
+        config = load_config(args.config or DIGITS, **overrides)
     result = train(config, resume=args.resume, progress=not args.no_progress)
     if args.json:
         print(json.dumps(result.summary, indent=2))
@@ -205,12 +211,17 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _parse_sets(items: list[str]) -> dict[str, Any]:
+    from ..tasks.classification.config import yaml_problem
+
     values = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise CLIError(f"--set {item!r} must look like KEY=VALUE")
-        values[key.strip().replace("-", "_")] = yaml.safe_load(value)
+        try:
+            values[key.strip().replace("-", "_")] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise CLIError(f"--set {item!r}: not a YAML value ({yaml_problem(err)})") from None
     return values
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 from .digits import DigitsDataset
 from .images import ImageFolderDataset
 
-__all__ = ["DIGITS", "create_classification_dataset", "dataset_classes"]
+__all__ = ["DIGITS", "check_classes", "create_classification_dataset", "dataset_classes"]
 
 DIGITS = "digits"
 
@@ -38,6 +38,10 @@ def create_classification_dataset(
     - otherwise ``data`` is a folder in ImageFolder layout: ``data/train/<class>/...`` and
       ``data/val/<class>/...`` (``validation``/``test`` also accepted), or ``data/<class>/...``
       itself when it has no split folders.
+
+    ``skip_bad_images``: an unreadable image is replaced by the next readable one in the train
+    split (batch sizes stay), and left out in the val split (counts cover readable images only);
+    without it, an unreadable image is an error naming the file.
     """
     if split not in _SPLIT_DIRS:
         raise ValueError(f"split={split!r} must be 'train' or 'val'")
@@ -55,9 +59,8 @@ def create_classification_dataset(
         )
         ds.transform = transform
         return ds
-    return ImageFolderDataset(
-        _split_dir(Path(data), split), transform=transform, skip_bad_images=skip_bad_images
-    )
+    policy = "error" if not skip_bad_images else "replace" if split == "train" else "skip"
+    return ImageFolderDataset(_split_dir(Path(data), split), transform=transform, bad_images=policy)
 
 
 def dataset_classes(dataset: Dataset) -> list[str] | None:
@@ -68,6 +71,31 @@ def dataset_classes(dataset: Dataset) -> list[str] | None:
         if mapping:
             classes = sorted(mapping, key=mapping.get)
     return [str(c) for c in classes] if classes is not None else None
+
+
+def check_classes(expected: Sequence[str], found: Sequence[str], what: str) -> None:
+    """Refuse ``found`` class names that are not ``expected`` in the same order (class indices
+    would silently mean other classes); the error names the classes that differ.
+
+    ``what`` says whose classes are compared, e.g. ``"val/ against train/"``.
+    """
+    if list(found) == list(expected):
+        return
+    extra = [c for c in found if c not in set(expected)]
+    missing = [c for c in expected if c not in set(found)]
+    parts = [f"{len(found)} classes vs {len(expected)}"]
+    if extra:
+        parts.append(f"not expected: {_listed(extra)}")
+    if missing:
+        parts.append(f"missing: {_listed(missing)}")
+    if not extra and not missing:
+        parts.append("same names in another order")
+    raise ValueError(f"class mismatch, {what}: " + "; ".join(parts))
+
+
+def _listed(names: Sequence[str], shown: int = 10) -> str:
+    more = f", ... ({len(names) - shown} more)" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def _split_dir(root: Path, split: str) -> Path:

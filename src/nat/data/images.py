@@ -1,23 +1,44 @@
-"""Image-folder datasets (ImageNet's ``train/``/``val/`` layout) that name the files they fail on.
+"""Decoding image files, and image-folder datasets (ImageNet's ``train/``/``val/`` layout) that
+name the files they fail on.
+
+:func:`decode_image` is the one way the package reads an image file: 8-bit RGB, with high bit
+depths scaled (not clipped) and every failure (a corrupt file, a decompression bomb) one
+:class:`UnreadableImageError` naming the file.
 
 timm's ``ImageDataset`` skips unreadable images silently (a log line); here an unreadable image is
-an error naming its path, unless ``skip_bad_images`` is set, when it is replaced by the next
-readable one with a warning, keeping batch sizes (and so Mixup pairs and DDP shards) unchanged.
+an error naming its path, unless the dataset is told what to do with one (``bad_images``):
+``"replace"`` it by the next readable one with a warning (for training: batch sizes, Mixup pairs
+and DDP shards stay unchanged), or ``"skip"`` it (for evaluation: the sample yields ``None``, which
+:func:`drop_skipped` removes from the batch, so counts and accuracy cover only readable images).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 from PIL import Image
 from timm.data import ImageDataset
+from torch.utils.data import default_collate
 
-__all__ = ["ImageFolderDataset", "UnreadableImageError"]
+__all__ = [
+    "BAD_IMAGE_POLICIES",
+    "ImageFolderDataset",
+    "UnreadableImageError",
+    "decode_image",
+    "drop_skipped",
+]
 
 _logger = logging.getLogger(__name__)
 
 _IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+BAD_IMAGE_POLICIES = ("error", "replace", "skip")
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+_EIGHT_BIT_MAX = 255
+_SIXTEEN_BIT_MAX = 65535
 
 
 class UnreadableImageError(ValueError):
@@ -36,10 +57,54 @@ class UnreadableImageError(ValueError):
         super().__init__(message)
 
 
-class ImageFolderDataset(ImageDataset):
-    """``root/<class>/<image>`` as ``(PIL RGB image, class index)``; classes sorted by name."""
+def decode_image(path: str | os.PathLike[str]) -> Image.Image:
+    """The image at ``path`` as 8-bit RGB.
 
-    def __init__(self, root: str | Path, transform=None, skip_bad_images: bool = False) -> None:
+    16-bit grey images (``I;16``) are scaled by 255/65535. For 32-bit integer (``I``) and float
+    (``F``) images the range is read from the pixels: floats up to 1.0 are taken as [0, 1], values
+    up to 255 as 8-bit, larger ones as 16-bit (clipped at 65535). Raises
+    :class:`FileNotFoundError` or :class:`UnreadableImageError` (corrupt, truncated, a
+    decompression bomb), naming the file.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"image {str(path)!r} does not exist")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return _to_rgb8(image)
+    except _IMAGE_ERRORS as err:
+        raise UnreadableImageError(f"cannot read image {path}: {err}") from None
+
+
+def _to_rgb8(image: Image.Image) -> Image.Image:
+    if image.mode not in (*_SIXTEEN_BIT_MODES, "I", "F"):
+        return image.convert("RGB")
+    pixels = np.asarray(image, dtype=np.float64)
+    top = float(pixels.max()) if pixels.size else 0.0
+    if image.mode in _SIXTEEN_BIT_MODES or top > _EIGHT_BIT_MAX:
+        pixels = pixels * (_EIGHT_BIT_MAX / _SIXTEEN_BIT_MAX)
+    elif image.mode == "F" and top <= 1.0:
+        pixels = pixels * _EIGHT_BIT_MAX
+    grey = np.clip(np.rint(pixels), 0, _EIGHT_BIT_MAX).astype(np.uint8)
+    return Image.fromarray(grey, mode="L").convert("RGB")
+
+
+def drop_skipped(batch: list[Any]) -> Any:
+    """``default_collate`` of the samples that are not ``None`` (skipped unreadable images);
+    ``None`` when every sample of the batch was skipped."""
+    kept = [sample for sample in batch if sample is not None]
+    return default_collate(kept) if kept else None
+
+
+class ImageFolderDataset(ImageDataset):
+    """``root/<class>/<image>`` as ``(PIL RGB image, class index)``; classes sorted by name.
+
+    ``bad_images``: ``"error"`` (default), ``"replace"`` or ``"skip"`` (see the module's doc).
+    """
+
+    def __init__(self, root: str | Path, transform=None, bad_images: str = "error") -> None:
+        if bad_images not in BAD_IMAGE_POLICIES:
+            raise ValueError(f"bad_images={bad_images!r} must be one of {BAD_IMAGE_POLICIES}")
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"image folder {str(root)!r} does not exist")
@@ -49,7 +114,7 @@ class ImageFolderDataset(ImageDataset):
             raise FileNotFoundError(
                 f"no images found in {str(root)!r} (expected {root}/<class>/<image>)"
             ) from err
-        self.skip_bad_images = skip_bad_images
+        self.bad_images = bad_images
         self.classes = sorted(self.reader.class_to_idx, key=self.reader.class_to_idx.get)
 
     @property
@@ -61,12 +126,7 @@ class ImageFolderDataset(ImageDataset):
 
     def load(self, index: int) -> Image.Image:
         """The decoded RGB image at ``index``; raises :class:`UnreadableImageError`."""
-        path = self.filename(index)
-        try:
-            with Image.open(path) as image:
-                return image.convert("RGB")
-        except _IMAGE_ERRORS as err:
-            raise UnreadableImageError(f"cannot read image {path}: {err}") from None
+        return decode_image(self.filename(index))
 
     def __getitem__(self, index: int):
         for attempt in range(len(self)):
@@ -75,9 +135,11 @@ class ImageFolderDataset(ImageDataset):
                 image = self.load(i)
                 break
             except UnreadableImageError as err:
-                if not self.skip_bad_images:
+                if self.bad_images == "error":
                     raise
                 _logger.warning("skipping %s", err)
+                if self.bad_images == "skip":
+                    return None
         else:
             raise UnreadableImageError(f"no readable image in {self.reader.root}")
         target = self.reader.samples[i][1]

@@ -11,7 +11,10 @@ from typing import Any
 
 from timm.data import create_transform
 
-__all__ = ["create_eval_transform", "create_train_transform"]
+__all__ = ["INTERPOLATIONS", "create_eval_transform", "create_train_transform"]
+
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
+"""Resampling filters by name; training also takes ``"random"`` (one per image, as in DeiT)."""
 
 
 def create_train_transform(
@@ -31,6 +34,8 @@ def create_train_transform(
 
     ``interpolation`` overrides the config's (``"random"`` picks one per image, as in DeiT).
     """
+    interpolation = interpolation or data_config["interpolation"]
+    _check_interpolation(interpolation, (*INTERPOLATIONS, "random"))
     return create_transform(
         data_config["input_size"],
         is_training=True,
@@ -39,7 +44,7 @@ def create_train_transform(
         hflip=hflip,
         color_jitter=color_jitter,
         auto_augment=auto_augment or None,
-        interpolation=interpolation or data_config["interpolation"],
+        interpolation=interpolation,
         mean=data_config["mean"],
         std=data_config["std"],
         re_prob=re_prob,
@@ -50,6 +55,10 @@ def create_train_transform(
 
 def create_eval_transform(data_config: Mapping[str, Any]) -> Callable:
     """Resize to ``size / crop_pct``, centre crop, normalise (NAT: 224/0.875 bicubic, crop 224)."""
+    _check_interpolation(data_config["interpolation"], INTERPOLATIONS)
+    crop_pct = data_config["crop_pct"]
+    if crop_pct is not None and not 0 < crop_pct <= 1:
+        raise ValueError(f"crop_pct={crop_pct} must be in (0, 1]")
     return create_transform(
         data_config["input_size"],
         is_training=False,
@@ -59,3 +68,8 @@ def create_eval_transform(data_config: Mapping[str, Any]) -> Callable:
         crop_pct=data_config["crop_pct"],
         crop_mode=data_config.get("crop_mode"),
     )
+
+
+def _check_interpolation(name: str, allowed: Sequence[str]) -> None:
+    if name not in allowed:
+        raise ValueError(f"interpolation={name!r} must be one of {', '.join(allowed)}")

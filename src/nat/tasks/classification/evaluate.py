@@ -12,7 +12,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from ...data import DIGITS, create_classification_dataset, create_eval_transform, dataset_classes
+from ...data import (
+    DIGITS,
+    check_classes,
+    create_classification_dataset,
+    create_eval_transform,
+    dataset_classes,
+)
 from .checkpoint import CheckpointError, load_checkpoint
 from .distributed import DistEnv, all_reduce_sum, init_distributed
 from .loaders import data_config_for, eval_loader, limit
@@ -47,7 +53,10 @@ def evaluate(
     model.eval()
     correct1 = correct5 = loss_sum = count = 0.0
     bar = tqdm(loader, desc=desc, leave=False, disable=not (progress and env.is_main))
-    for images, targets in bar:
+    for batch in bar:
+        if batch is None:  # every image of the batch was unreadable and skipped
+            continue
+        images, targets = batch
         images = images.to(env.device, non_blocking=True)
         targets = targets.to(env.device, non_blocking=True)
         with autocast(env.device, amp):
@@ -102,8 +111,10 @@ def validate(
     )
     data_classes = dataset_classes(dataset_obj)
     state = load_checkpoint(checkpoint) if checkpoint is not None else {}
-    if num_classes is None and state.get("format") == TRAIN_CHECKPOINT_FORMAT:
-        num_classes = len(state["classes"])
+    if state.get("format") == TRAIN_CHECKPOINT_FORMAT:
+        if data_classes is not None:
+            check_classes(state["classes"], data_classes, f"{data or DIGITS} against {checkpoint}")
+        num_classes = num_classes or len(state["classes"])
     elif num_classes is None and checkpoint is None and not pretrained and data_classes:
         num_classes = len(data_classes)
     model = create_classifier(model_name, num_classes=num_classes, pretrained=pretrained)
@@ -129,9 +140,11 @@ def validate(
             data, split, image_size=data_cfg["input_size"][-1]
         )
     dataset_obj.transform = create_eval_transform(data_cfg)
-    loader = eval_loader(limit(dataset_obj, max_samples), batch_size, env, workers=workers)
+    evaluated = limit(dataset_obj, max_samples)
+    loader = eval_loader(evaluated, batch_size, env, workers=workers)
     model.to(env.device)
     metrics = evaluate(model, loader, env, amp=amp, progress=progress, desc="validate")
+    metrics["skipped"] = len(evaluated) - metrics["count"]
     return {
         "model": model_name,
         "checkpoint": str(checkpoint) if checkpoint is not None else None,

@@ -10,6 +10,7 @@ from timm.data import resolve_data_config
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from ...data import drop_skipped
 from .distributed import DistEnv, ShardSampler, train_sampler
 
 __all__ = ["data_config_for", "eval_loader", "limit", "seed_loader", "train_loader"]
@@ -74,10 +75,12 @@ def seed_loader(loader: DataLoader, seed: int, epoch: int, rank: int) -> None:
 
 
 def eval_loader(dataset: Dataset, batch_size: int, env: DistEnv, *, workers: int) -> DataLoader:
-    """In order, each rank a disjoint shard; its own generator so it never touches global RNG."""
+    """In order, each rank a disjoint shard; its own generator so it never touches global RNG.
+    Skipped unreadable images (``None`` samples) are left out of their batch."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
+        collate_fn=drop_skipped,
         sampler=ShardSampler(len(dataset), env),
         num_workers=workers,
         pin_memory=env.device.type == "cuda",

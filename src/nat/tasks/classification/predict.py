@@ -6,9 +6,8 @@ import os
 from typing import Any
 
 import torch
-from PIL import Image
 
-from ...data import UnreadableImageError, create_eval_transform
+from ...data import create_eval_transform, decode_image
 from .checkpoint import load_checkpoint
 from .loaders import data_config_for
 from .model import TRAIN_CHECKPOINT_FORMAT, create_classifier, load_classifier_weights
@@ -60,7 +59,7 @@ def predict(
     labels = _labels(state["classes"] if ours else None, model.num_classes)
     results = []
     for path in images:
-        batch = transform(_open(path)).unsqueeze(0).to(dev)
+        batch = transform(decode_image(path)).unsqueeze(0).to(dev)
         probs = model(batch).float().softmax(dim=-1)[0]
         values, indices = probs.topk(min(top_k, probs.numel()))
         results.append(
@@ -73,16 +72,6 @@ def predict(
             }
         )
     return results
-
-
-def _open(path: str | os.PathLike[str]) -> Image.Image:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"image {str(path)!r} does not exist")
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, ValueError, SyntaxError) as err:
-        raise UnreadableImageError(f"cannot read image {path}: {err}") from None
 
 
 def _labels(classes: list[str] | None, num_classes: int):
