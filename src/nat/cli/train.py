@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from typing import Any
 
 import yaml
@@ -143,7 +142,6 @@ def _train(args: argparse.Namespace) -> int:
             raise CLIError(f"{args.resume} is not a training checkpoint; cannot resume")
         config = TrainConfig.from_dict(saved).replace(**overrides)
     elif args.config is None and overrides.get("data", DIGITS) != DIGITS:
-        print("nat train: no --config: the default settings (TrainConfig)", file=sys.stderr)
         config = TrainConfig().replace(**overrides)
     else:
         config = load_config(args.config or DIGITS, **overrides)

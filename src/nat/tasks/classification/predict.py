@@ -37,6 +37,9 @@ def predict(
         raise ValueError("no images given")
     if top_k < 1:
         raise ValueError(f"top_k={top_k} must be >= 1")
+    missing = [str(path) for path in images if not os.path.isfile(path)]
+    if missing:
+        raise FileNotFoundError(f"image {missing[0]!r} does not exist")
     state = load_checkpoint(checkpoint) if checkpoint is not None else {}
     ours = state.get("format") == TRAIN_CHECKPOINT_FORMAT
     if num_classes is None and ours:
