@@ -49,6 +49,8 @@ CASES = [
     ([*TRAIN, "--config", "no_such_recipe"], "no_such_recipe"),
     ([*TRAIN, "--device", "toaster"], "toaster"),
     (["train", "--data", "{dir}/missing", "--no-progress"], "missing"),
+    (["train", "--data", "{data}", "--no-progress", "--output", "{file}"], "bad.pth"),
+    (["train", "--data", "{data}", "--no-progress", "--output", "{file}/run"], "bad.pth"),
     (["train", "--resume", "{dir}/missing.pt", "--no-progress"], "missing.pt"),
     (["train", "--resume", "{file}", "--no-progress"], "bad.pth"),
     # nat validate
