@@ -86,3 +86,38 @@ def problems(draw, ndim=None, allow_stride: bool = True, allow_causal: bool = Tr
     )
     problem.use_rpb = problem.rpb_allowed and draw(st.booleans())
     return problem
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a tensor's values sit in memory: same values, different strides.
+
+    ``expand`` axes are broadcast from size 1 (stride 0), the other axes are stored in the order
+    ``order`` (``order[0]`` outermost: a permutation such as channels-last), every ``step``-th
+    element of a ``step``-times larger buffer, starting ``offset`` elements in.
+    """
+
+    expand: tuple[bool, ...]
+    order: tuple[int, ...]
+    step: tuple[int, ...]
+    offset: int
+
+    def place(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` in this layout (along ``expand`` axes, all entries take the first one's)."""
+        base = values[tuple(slice(0, 1) if e else slice(None) for e in self.expand)]
+        buffer_shape = [base.shape[a] * self.step[a] + self.offset for a in self.order]
+        buffer = torch.zeros(buffer_shape, dtype=values.dtype)
+        stored = buffer[tuple(slice(self.offset, None, self.step[a]) for a in self.order)]
+        stored = stored.permute([self.order.index(a) for a in range(values.dim())])
+        stored.copy_(base)
+        return stored.expand(values.shape)
+
+
+@st.composite
+def layouts(draw, rank: int) -> Layout:
+    return Layout(
+        expand=tuple(draw(st.lists(st.booleans(), min_size=rank, max_size=rank))),
+        order=tuple(draw(st.permutations(range(rank)))),
+        step=tuple(draw(st.lists(st.integers(1, 2), min_size=rank, max_size=rank))),
+        offset=draw(st.integers(0, 1)),
+    )
