@@ -152,7 +152,7 @@ EXPANDED_RPB = textwrap.dedent(
         with torch.no_grad():
             out = nat.na2d(q, q, q, 3, rpb=rpb, backend=backend)
             expected = nat.na2d(q, q, q, 3, rpb=rpb.contiguous(), backend=backend)
-        torch.testing.assert_close(out, expected, rtol=0, atol=1e-6, msg=backend)
+        torch.testing.assert_close(out, expected, rtol=0, atol=1e-6, msg=lambda m: backend + m)
     """
 )
 
