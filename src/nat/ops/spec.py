@@ -2,7 +2,9 @@
 
 Every backend receives arguments checked here and neighbour tables computed here, so the window
 rule of ``docs/neighborhood-attention.md`` (dilation groups, inward-shifted borders, even kernels,
-stride, causal masking, RPB indexing) is written exactly once.
+stride, causal masking, RPB indexing) is written exactly once. The one exception is on purpose:
+:mod:`nat.ops.reference` derives the rule again from the document, so that the tests comparing
+the backends with it also check this module.
 """
 
 from __future__ import annotations
