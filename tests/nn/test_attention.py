@@ -120,3 +120,17 @@ def test_attention_dropout_drops_in_training():
 def test_qk_scale_overrides_default():
     module = nat.NeighborhoodAttention2D(16, 2, 3, qk_scale=0.1)
     assert module.scale == 0.1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(kernel_size=4), r"rel_pos_bias=True is only defined for odd kernel sizes"),
+        (dict(kernel_size=3, stride=2), r"rel_pos_bias=True is only defined for stride 1"),
+        (dict(kernel_size=3, is_causal=True), r"rel_pos_bias=True is not defined with causal"),
+    ],
+)
+def test_rel_pos_bias_takes_the_operators_rpb_rule(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        nat.NeighborhoodAttention2D(8, 2, **kwargs)
+    nat.NeighborhoodAttention2D(8, 2, rel_pos_bias=False, **kwargs)

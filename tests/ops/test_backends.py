@@ -7,7 +7,8 @@ import torch
 from hypothesis import given, settings
 
 import nat
-from nat.ops import available_backends
+from nat.ops import available_backends, cpu
+from nat.ops.dispatch import resolve_backend
 from nat.ops.spec import NAParams, covers_input
 
 from .strategies import Problem, problems
@@ -100,8 +101,14 @@ def test_autocast_runs_in_the_autocast_dtype(backend):
     assert module.rpb.grad is not None and module.rpb.grad.dtype == torch.float32
 
 
-def test_default_backend_is_the_fastest_available_one():
-    assert nat.available_backends("cpu")[-1] == "reference"
+def test_auto_takes_the_highest_priority_backend_and_reference_comes_last():
+    names = nat.available_backends("cpu")
+    assert names[-1] == "reference"
+    assert resolve_backend("auto", torch.device("cpu")) == names[0]
+    assert names[0] == ("cpu" if cpu.is_available() else "torch")
+
+
+def test_the_default_backend_computes_the_reference():
     q = k = v = torch.randn(1, 8, 2, 4)
     with nat.use_backend("reference"):
         expected = nat.na1d(q, k, v, 3)
@@ -202,3 +209,49 @@ def test_empty_batch_or_heads_give_empty_results(backend, shape):
     assert out.shape == shape
     out.sum().backward()
     assert q.grad.shape == shape
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float32, 2e-5), (torch.float16, 4e-3)])
+@pytest.mark.parametrize(("spatial", "kernel_size"), [((7, 7), 7), ((4, 5), (4, 5)), ((9,), 3)])
+def test_value_head_dim_may_differ_from_the_query(backend, dtype, tol, spatial, kernel_size):
+    """Also when the window covers the input, where the dense path runs."""
+    ndim = len(spatial)
+    kernel = (kernel_size,) * ndim if isinstance(kernel_size, int) else kernel_size
+    problem = Problem(
+        spatial, kernel, (1,) * ndim, (1,) * ndim, (False,) * ndim, 2, 2, 8, 4,
+        all(k % 2 for k in kernel),
+    )  # fmt: skip
+    expected, expected_grads = forward_and_grads(problem, "reference")
+    out, grads = forward_and_grads(problem, backend, dtype)
+    assert out.shape == (2, *spatial, 2, 4)
+    torch.testing.assert_close(out.double(), expected, rtol=tol, atol=tol)
+    for g, e in zip(grads, expected_grads, strict=True):
+        scale = e.abs().max().clamp_min(1)
+        torch.testing.assert_close(g.double() / scale, e / scale, rtol=4 * tol, atol=4 * tol)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("kernel_size", "head_dim_v"), [(3, 16), (8, 16), (8, 4)])
+def test_float16_scores_beyond_float16_range_match_the_reference(backend, kernel_size, head_dim_v):
+    """``q . k`` = 65536 > float16's largest 65504: statistics run in float32, as in every backend.
+
+    Kernel 8 on an 8 x 8 input is the dense path; with ``head_dim_v != head_dim`` it is its GEMMs.
+    """
+    g = torch.Generator().manual_seed(0)
+    q = k = torch.full((1, 8, 8, 1, 16), 64.0, dtype=torch.float64)
+    v = torch.randn(1, 8, 8, 1, head_dim_v, generator=g, dtype=torch.float64)
+    grad = torch.randn(1, 8, 8, 1, head_dim_v, generator=g, dtype=torch.float64)
+
+    def run(backend, dtype):
+        inputs = [t.to(dtype, copy=True).requires_grad_() for t in (q, k, v)]
+        out = nat.na2d(*inputs, kernel_size, backend=backend)
+        return out.detach(), torch.autograd.grad(out, inputs, grad.to(dtype))
+
+    expected, expected_grads = run("reference", torch.float64)
+    out, grads = run(backend, torch.float16)
+    torch.testing.assert_close(out.double(), expected, rtol=4e-3, atol=4e-3)
+    # dq is a difference of terms as large as dk: its rounding error scales with theirs.
+    scale = max(e.abs().max() for e in expected_grads)
+    for g_, e in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(g_.double() / scale, e / scale, rtol=4e-3, atol=1e-3)

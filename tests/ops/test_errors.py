@@ -223,7 +223,14 @@ def test_non_finite_scale():
 
 
 def test_module_rejects_rpb_with_even_kernel():
-    raises(ValueError, r"rel_pos_bias=True needs odd kernels", nat.NeighborhoodAttention2D, 8, 2, 4)
+    raises(
+        ValueError,
+        r"rel_pos_bias=True is only defined for odd kernel sizes; got kernel_size=\(4, 4\)",
+        nat.NeighborhoodAttention2D,
+        8,
+        2,
+        4,
+    )
 
 
 def test_module_rejects_indivisible_heads():

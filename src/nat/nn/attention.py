@@ -63,16 +63,9 @@ class _NeighborhoodAttention(nn.Module):
         self.backend = backend
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         if rel_pos_bias:
-            if (
-                any(k % 2 == 0 for k in self.kernel_size)
-                or any(s != 1 for s in self.stride)
-                or any(self.is_causal)
-            ):
-                raise ValueError(
-                    f"rel_pos_bias=True needs odd kernels, stride 1 and no causal masking; got "
-                    f"kernel_size={self.kernel_size}, stride={self.stride}, "
-                    f"is_causal={self.is_causal}"
-                )
+            spec.check_rpb_window(
+                self.kernel_size, self.stride, self.is_causal, name="rel_pos_bias=True"
+            )
             self.rpb = nn.Parameter(torch.zeros(num_heads, *(2 * k - 1 for k in self.kernel_size)))
             nn.init.trunc_normal_(self.rpb, std=0.02, a=-2.0, b=2.0)
         else:

@@ -1,10 +1,16 @@
 """The readable definition of neighborhood attention, used by the tests as ground truth.
 
-It builds the dense ``N x N`` neighbour relation straight from the spec's per-axis predicate and
-runs ordinary masked attention: slow and memory-hungry, but easy to audit line by line.
+Written from ``docs/neighborhood-attention.md`` alone, independently of :mod:`nat.ops.spec`'s
+window geometry (which every other backend shares), so that comparing a backend with it also
+checks that geometry. Each axis gets a dense ``[length, length]`` neighbour relation computed
+from per-axis distances, for all query/key pairs at once; the axes combine into an ``N x N``
+mask, and ordinary masked attention runs over it: memory-hungry, but easy to audit against the
+document line by line.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -16,26 +22,32 @@ __all__ = ["axis_relation", "na_reference"]
 def axis_relation(
     length: int, kernel: int, stride: int, dilation: int, causal: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(is_neighbor, rpb_index)``, both ``[length, length]`` (query, key), for one axis."""
-    left = kernel // 2
-    right = kernel // 2 if kernel % 2 else kernel // 2 - 1
-    is_neighbor = torch.zeros(length, length, dtype=torch.bool)
-    rpb_index = torch.zeros(length, length, dtype=torch.long)
-    for i in range(length):
-        for j in range(length):
-            if i % dilation != j % dilation:
-                continue
-            qi, kj = i // dilation, j // dilation
-            group_len = -(-(length - i % dilation) // dilation)
-            if causal:
-                leader = min((qi // stride) * stride + stride - 1, group_len - 1)
-                is_neighbor[i, j] = kj <= qi and leader - kj < kernel
-            else:
-                leader = min((qi // stride) * stride + stride // 2, group_len - 1)
-                centre = min(max(leader, left), group_len - 1 - right)
-                is_neighbor[i, j] = centre - left <= kj <= centre + right
-            if is_neighbor[i, j]:
-                rpb_index[i, j] = kj - qi + kernel - 1
+    """``(is_neighbor, rpb_index)``, both ``[length, length]`` (query, key), for one axis.
+
+    ``rpb_index`` is ``(j // dilation) - (i // dilation) + kernel - 1`` where ``is_neighbor``
+    holds, and 0 elsewhere.
+    """
+    i = torch.arange(length).unsqueeze(1)  # query position, down the rows
+    j = torch.arange(length).unsqueeze(0)  # key position, across the columns
+    # 1. Dilation groups: a query sees only keys of its residue, in group coordinates.
+    residue = i % dilation
+    same_group = j % dilation == residue
+    qi, kj = i // dilation, j // dilation
+    group_len = (length - residue + dilation - 1) // dilation
+    if causal:
+        # 3. Up to K keys ending at the stride group's last query, none after the query itself.
+        leader = torch.minimum((qi // stride) * stride + stride - 1, group_len - 1)
+        inside = (kj <= qi) & (leader - kj < kernel)
+    else:
+        # 2. K keys around the centre: `left` before it, `right` after it (one fewer for even K).
+        left = kernel // 2
+        right = kernel // 2 if kernel % 2 else kernel // 2 - 1
+        leader = torch.minimum((qi // stride) * stride + stride // 2, group_len - 1)
+        centre = torch.minimum(leader.clamp(min=left), group_len - 1 - right)
+        offset = kj - centre
+        inside = (-left <= offset) & (offset <= right)
+    is_neighbor = same_group & inside
+    rpb_index = torch.where(is_neighbor, kj - qi + kernel - 1, 0)
     return is_neighbor, rpb_index
 
 
@@ -55,25 +67,25 @@ def na_reference(
     spatial = tuple(query.shape[1:-2])
     batch, heads = query.shape[0], query.shape[-2]
     n = len(spatial)
+    total = math.prod(spatial)
     compute = torch.float64 if query.dtype == torch.float64 else torch.float32
+    # The neighbourhood is the Cartesian product of the axes' neighbourhoods: on a
+    # [*q_spatial, *k_spatial] grid, query axis `axis` and key axis `axis` carry axis `axis`'s
+    # relation, and a pair is a neighbour when it is one on every axis.
     mask = torch.ones((), dtype=torch.bool)
     rpb_indices = []
     for axis, length in enumerate(spatial):
-        rel, idx = axis_relation(
+        relation, index = axis_relation(
             length,
             params.kernel_size[axis],
             params.stride[axis],
             params.dilation[axis],
             params.is_causal[axis],
         )
-        # Query axis `axis` and key axis `axis` as dimensions of a [*q_spatial, *k_spatial] grid.
         shape = [1] * (2 * n)
         shape[axis], shape[n + axis] = length, length
-        mask = mask & rel.view(shape)
-        rpb_indices.append(idx.view(shape).to(query.device))
-    total = 1
-    for length in spatial:
-        total *= length
+        mask = mask & relation.view(shape)
+        rpb_indices.append(index.view(shape).to(query.device))
     q, k, v = (
         t.to(compute).reshape(batch, total, heads, t.shape[-1]).transpose(1, 2)
         for t in (query, key, value)

@@ -2,7 +2,9 @@
 
 Every backend receives arguments checked here and neighbour tables computed here, so the window
 rule of ``docs/neighborhood-attention.md`` (dilation groups, inward-shifted borders, even kernels,
-stride, causal masking, RPB indexing) is written exactly once.
+stride, causal masking, RPB indexing) is written exactly once. The one exception is on purpose:
+:mod:`nat.ops.reference` derives the rule again from the document, so that the tests comparing
+the backends with it also check this module.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ __all__ = [
     "NAParams",
     "axis_window",
     "check_na_args",
+    "check_rpb_window",
     "check_window_args",
     "covers_input",
     "neighbor_table",
@@ -117,19 +120,32 @@ def _check_tensors(
         )
 
 
+def check_rpb_window(
+    kernel_size: tuple[int, ...],
+    stride: tuple[int, ...],
+    is_causal: tuple[bool, ...],
+    name: str = "rpb",
+) -> None:
+    """Raise unless relative positional bias is defined for this window (normalised tuples).
+
+    RPB is defined for odd kernels without stride and without causal masking: the only
+    combinations any checkpoint uses. ``name`` is how the caller asked for it (``"rpb"`` for the
+    functional ops, ``"rel_pos_bias=True"`` for the modules).
+    """
+    if any(k % 2 == 0 for k in kernel_size):
+        raise ValueError(
+            f"{name} is only defined for odd kernel sizes; got kernel_size={kernel_size}"
+        )
+    if any(s != 1 for s in stride):
+        raise ValueError(f"{name} is only defined for stride 1; got stride={stride}")
+    if any(is_causal):
+        raise ValueError(f"{name} is not defined with causal masking; got is_causal={is_causal}")
+
+
 def _check_rpb(rpb: torch.Tensor, query: torch.Tensor, params: NAParams) -> None:
     if not isinstance(rpb, torch.Tensor):
         raise TypeError(f"rpb must be a torch.Tensor or None, got {type(rpb).__name__}")
-    if any(k % 2 == 0 for k in params.kernel_size):
-        raise ValueError(
-            f"rpb is only defined for odd kernel sizes; got kernel_size={params.kernel_size}"
-        )
-    if any(s != 1 for s in params.stride):
-        raise ValueError(f"rpb is only defined for stride 1; got stride={params.stride}")
-    if any(params.is_causal):
-        raise ValueError(
-            f"rpb is not defined with causal masking; got is_causal={params.is_causal}"
-        )
+    check_rpb_window(params.kernel_size, params.stride, params.is_causal)
     heads = query.shape[-2]
     expected = (heads, *(2 * k - 1 for k in params.kernel_size))
     if tuple(rpb.shape) != expected:

@@ -51,9 +51,13 @@ def _scores(
     valid: torch.Tensor | None,
     scale: float,
 ) -> torch.Tensor:
-    """Scores ``[B, heads, n, P]`` of query chunk ``q`` ``[B, heads, n, D]``, accumulation dtype."""
+    """Scores ``[B, heads, n, P]`` of query chunk ``q`` ``[B, heads, n, D]``, accumulation dtype.
+
+    The products run in the accumulation dtype: a float16 ``q . k`` overflows at 65504 long
+    before the softmax would.
+    """
     acc = accumulation_dtype(q.dtype)
-    s = (q.unsqueeze(-2) @ k_nb.transpose(-1, -2)).squeeze(-2).to(acc) * scale
+    s = (q.to(acc).unsqueeze(-2) @ k_nb.to(acc).transpose(-1, -2)).squeeze(-2) * scale
     if rpb_flat is not None:
         s = s + rpb_flat[:, bias_idx].to(acc)
     if valid is not None:
@@ -62,8 +66,9 @@ def _scores(
 
 
 def _dense_scores(q, k, rpb_flat, bias_idx, scale):
-    """Scores ``[B, heads, N, N]`` of a dense window, in the accumulation dtype."""
-    s = (q @ k.transpose(-1, -2)).to(accumulation_dtype(q.dtype))
+    """Scores ``[B, heads, N, N]`` of a dense window, computed like :func:`_scores`."""
+    acc = accumulation_dtype(q.dtype)
+    s = q.to(acc) @ k.to(acc).transpose(-1, -2)
     if rpb_flat is None:
         return s.mul_(scale)
     return torch.add(rpb_flat[:, bias_idx].to(s.dtype), s, alpha=scale)
@@ -80,10 +85,12 @@ def dense_forward(
     """:func:`na_forward` for inputs every window covers (:func:`covers_input`): batched GEMMs."""
     _, _, bias_idx = neighbor_table(tuple(query.shape[1:-2]), params, query.device)
     q, k, v = _flatten(query), _flatten(key), _flatten(value)
+    dim = q.shape[-1]
     rpb_flat = None if rpb is None else rpb.reshape(q.shape[1], -1)
-    if query.device.type == "cpu" and query.dtype != torch.float64:
+    if query.device.type == "cpu" and query.dtype != torch.float64 and dim == value.shape[-1]:
         # PyTorch's fused CPU flash attention takes the RPB as an additive mask and returns the
-        # log-sum-exp: one pass, no score matrix in memory.
+        # log-sum-exp: one pass, no score matrix in memory. It needs value's head_dim to be
+        # query's; other head dims take the GEMMs below.
         mask = None if rpb_flat is None else rpb_flat[:, bias_idx].to(query.dtype).unsqueeze(0)
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
             q, k, v, 0.0, False, attn_mask=mask, scale=params.scale
@@ -115,7 +122,7 @@ def dense_backward(
     rpb_flat = None if rpb is None else rpb.reshape(q.shape[1], -1)
     p = _dense_scores(q, k, rpb_flat, bias_idx, params.scale).sub_(lse.unsqueeze(-1)).exp_()
     delta = (do.to(acc) * o.to(acc)).sum(-1, keepdim=True)
-    ds = (do @ v.transpose(-1, -2)).to(acc).sub_(delta).mul_(p)
+    ds = (do.to(acc) @ v.to(acc).transpose(-1, -2)).sub_(delta).mul_(p)
     dv = p.transpose(-1, -2) @ do.to(acc)
     dq = (ds @ k.to(acc)).mul_(params.scale)
     dk = (ds.transpose(-1, -2) @ q.to(acc)).mul_(params.scale)
@@ -200,7 +207,7 @@ def na_backward(
             qc, k_nb, rpb_flat, bias_idx[c], None if valid is None else valid[c], params.scale
         )
         p = torch.exp(s - lse[:, :, c].unsqueeze(-1))  # [B, heads, n, P]
-        dp = (doc.unsqueeze(-2) @ v_nb.transpose(-1, -2)).squeeze(-2).to(acc)
+        dp = (doc.to(acc).unsqueeze(-2) @ v_nb.to(acc).transpose(-1, -2)).squeeze(-2)
         ds = p * (dp - delta[:, :, c].unsqueeze(-1))
         dq[:, :, c] = (ds.unsqueeze(-2) @ k_nb.to(acc)).squeeze(-2) * params.scale
         flat_idx = idx.reshape(-1)

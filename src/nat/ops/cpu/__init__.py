@@ -62,15 +62,19 @@ def is_available() -> bool:
     return load() is not None
 
 
-def _tables(spatial: tuple[int, ...], params: NAParams, device: torch.device):
-    nbr, valid, bias_idx = neighbor_table(spatial, params, device)
-    return nbr, bias_idx, valid
-
-
 def _rows(t: torch.Tensor) -> torch.Tensor:
-    """``[B, *spatial, heads, D]`` as ``[B, N, heads, D]``, a view whenever the strides allow."""
+    """``[B, *spatial, heads, D]`` as ``[B, N, heads, D]`` with a contiguous last axis.
+
+    A view whenever the strides allow (the kernel reads the other axes through their strides);
+    otherwise a copy.
+    """
     t = t.reshape(t.shape[0], math.prod(t.shape[1:-2]), *t.shape[-2:])
-    return t if t.stride(-1) == 1 else t.contiguous()
+    return t if t.stride(-1) == 1 or t.shape[-1] <= 1 else t.contiguous()
+
+
+def _rpb_rows(rpb: torch.Tensor | None) -> torch.Tensor | None:
+    """``[heads, *(2K - 1)]`` as the contiguous ``[heads, R]`` table the kernel indexes."""
+    return None if rpb is None else rpb.reshape(rpb.shape[0], -1).contiguous()
 
 
 def na_forward(
@@ -85,12 +89,12 @@ def na_forward(
     spatial = tuple(query.shape[1:-2])
     if covers_input(spatial, params):  # every window is the whole input: GEMMs win
         return dense_forward(query, key, value, rpb, params, need_lse)
-    nbr, bias_idx, valid = _tables(spatial, params, query.device)
+    nbr, valid, bias_idx = neighbor_table(spatial, params, query.device)
     out, lse = load().na_forward(
         _rows(query),
         _rows(key),
         _rows(value),
-        None if rpb is None else rpb.reshape(rpb.shape[0], -1),
+        _rpb_rows(rpb),
         nbr,
         bias_idx,
         valid,
@@ -113,15 +117,15 @@ def na_backward(
     spatial = tuple(query.shape[1:-2])
     if covers_input(spatial, params):
         return dense_backward(grad_out, query, key, value, rpb, out, lse, params)
-    nbr, bias_idx, valid = _tables(spatial, params, query.device)
+    nbr, valid, bias_idx = neighbor_table(spatial, params, query.device)
     dq, dk, dv, drpb = load().na_backward(
         _rows(grad_out).contiguous(),
         _rows(query),
         _rows(key),
         _rows(value),
-        None if rpb is None else rpb.reshape(rpb.shape[0], -1),
+        _rpb_rows(rpb),
         _rows(out).contiguous(),
-        lse,
+        lse.contiguous(),
         nbr,
         bias_idx,
         valid,

@@ -1,10 +1,14 @@
 // Fused neighborhood attention for CPUs: forward and backward over a precomputed neighbour table.
 //
-// Layouts (contiguous): query/key [B, N, heads, D], value [B, N, heads, Dv] (spatial axes
-// flattened), neighbour table nbr [N, P] and RPB index table bidx [N, P] (int32), valid [N, P]
-// (bool, only for causal windows), rpb [heads, R]. Softmax statistics are float32 (float64 for
-// double inputs): lse [B, heads, N]. Every score is computed once, in registers and L1, so the
-// memory traffic is that of q, k, v and out: no score matrix is ever written to memory.
+// Layouts: query/key [B, N, heads, D], value [B, N, heads, Dv] (spatial axes flattened), read
+// through their strides, whatever they are, as long as the last axis is contiguous (q, k, v are
+// often slices of a packed qkv projection). Everything else is contiguous: neighbour table nbr
+// [N, P] and RPB index table bidx [N, P] (int32), valid [N, P] (bool, only for causal windows),
+// rpb [heads, R], and in the backward dout/out [B, N, heads, Dv]. Softmax statistics are float32
+// (float64 for double inputs): lse [B, heads, N]. The entry points check all of this (and that
+// every table entry indexes inside its tensor) before a kernel reads anything. Every score is
+// computed once, in registers and L1, so the memory traffic is that of q, k, v and out: no score
+// matrix is ever written to memory.
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -424,9 +428,65 @@ bool with_f32_dims(int64_t D, int64_t Dv, Fn&& fn) {
 
 const int32_t* table_ptr(const torch::Tensor& t) { return t.data_ptr<int32_t>(); }
 
-Strides strides(const torch::Tensor& t) {
-  TORCH_CHECK(t.dim() == 4 && t.stride(3) == 1, "expected [B, N, heads, D] with a contiguous last axis");
-  return {t.stride(0), t.stride(1), t.stride(2)};
+// Element strides of a [B, N, heads, D] input, after check_rows.
+Strides strides(const torch::Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2)}; }
+
+void check_cpu(const char* name, const torch::Tensor& t, at::ScalarType dtype) {
+  TORCH_CHECK(t.device().is_cpu(), name, " is on ", t.device(), "; the fused kernel runs on CPU");
+  TORCH_CHECK(t.scalar_type() == dtype, name, " has dtype ", t.scalar_type(), "; expected ", dtype);
+}
+
+void check_shape(const char* name, const torch::Tensor& t, at::IntArrayRef expected) {
+  TORCH_CHECK(t.sizes() == expected, name, " has shape ", t.sizes(), "; expected ", expected);
+}
+
+// A [B, N, heads, D] input read through its strides: only the last axis must be contiguous.
+void check_rows(const char* name, const torch::Tensor& t, at::IntArrayRef shape,
+                at::ScalarType dtype) {
+  check_cpu(name, t, dtype);
+  check_shape(name, t, shape);
+  TORCH_CHECK(t.stride(3) == 1 || t.size(3) <= 1, name, " has strides ", t.strides(),
+              "; the kernel needs a contiguous last (head_dim) axis");
+}
+
+// An input indexed with contiguous offsets.
+void check_dense(const char* name, const torch::Tensor& t, at::IntArrayRef shape,
+                 at::ScalarType dtype) {
+  check_cpu(name, t, dtype);
+  check_shape(name, t, shape);
+  TORCH_CHECK(t.is_contiguous(), name, " has strides ", t.strides(), "; expected contiguous");
+}
+
+// A table whose entries index an axis of `bound` entries: every entry in [0, bound).
+void check_table(const char* name, const torch::Tensor& t, int64_t N, int64_t P, int64_t bound) {
+  check_dense(name, t, {N, P}, at::kInt);
+  if (t.numel() == 0) return;
+  const auto [lo, hi] = at::aminmax(t);
+  TORCH_CHECK(lo.item<int32_t>() >= 0 && hi.item<int32_t>() < bound, name, " has entries in [",
+              lo.item<int32_t>(), ", ", hi.item<int32_t>(), "]; they must lie in [0, ", bound, ")");
+}
+
+// Checks what both entry points read: q/k/v, the tables and rpb. Returns the window size P.
+int64_t check_inputs(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                     const c10::optional<torch::Tensor>& rpb, const torch::Tensor& nbr,
+                     const torch::Tensor& bidx, const c10::optional<torch::Tensor>& valid) {
+  TORCH_CHECK(q.dim() == 4, "query has shape ", q.sizes(), "; expected [B, N, heads, D]");
+  TORCH_CHECK(v.dim() == 4, "value has shape ", v.sizes(), "; expected [B, N, heads, Dv]");
+  const int64_t B = q.size(0), N = q.size(1), H = q.size(2), D = q.size(3), Dv = v.size(3);
+  const auto dtype = q.scalar_type();
+  check_rows("query", q, {B, N, H, D}, dtype);
+  check_rows("key", k, {B, N, H, D}, dtype);
+  check_rows("value", v, {B, N, H, Dv}, dtype);
+  TORCH_CHECK(nbr.dim() == 2, "nbr has shape ", nbr.sizes(), "; expected [N, P]");
+  const int64_t P = nbr.size(1);
+  check_table("nbr", nbr, N, P, N);
+  if (valid) check_dense("valid", *valid, {N, P}, at::kBool);
+  if (rpb) {
+    TORCH_CHECK(rpb->dim() == 2, "rpb has shape ", rpb->sizes(), "; expected [heads, R]");
+    check_dense("rpb", *rpb, {H, rpb->size(1)}, dtype);
+    check_table("bidx", bidx, N, P, rpb->size(1));
+  }
+  return P;
 }
 
 }  // namespace
@@ -434,9 +494,9 @@ Strides strides(const torch::Tensor& t) {
 std::vector<torch::Tensor> na_forward(
     torch::Tensor q, torch::Tensor k, torch::Tensor v, c10::optional<torch::Tensor> rpb,
     torch::Tensor nbr, torch::Tensor bidx, c10::optional<torch::Tensor> valid, double scale) {
+  const int64_t P = check_inputs(q, k, v, rpb, nbr, bidx, valid);
   const int64_t B = q.size(0), N = q.size(1), H = q.size(2), D = q.size(3), Dv = v.size(3);
   const Strides qs = strides(q), ks = strides(k), vs = strides(v);
-  const int64_t P = nbr.size(1);
   const int64_t R = rpb ? rpb->size(1) : 0;
   auto out = torch::empty({B, N, H, Dv}, v.options());
   const auto acc_type = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
@@ -477,10 +537,14 @@ std::vector<torch::Tensor> na_backward(
     torch::Tensor dout, torch::Tensor q, torch::Tensor k, torch::Tensor v,
     c10::optional<torch::Tensor> rpb, torch::Tensor out, torch::Tensor lse, torch::Tensor nbr,
     torch::Tensor bidx, c10::optional<torch::Tensor> valid, double scale) {
+  const int64_t P = check_inputs(q, k, v, rpb, nbr, bidx, valid);
   const int64_t B = q.size(0), N = q.size(1), H = q.size(2), D = q.size(3), Dv = v.size(3);
   const Strides qs = strides(q), ks = strides(k), vs = strides(v);
-  const int64_t P = nbr.size(1);
   const int64_t R = rpb ? rpb->size(1) : 0;
+  const auto acc_type = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  check_dense("grad_out", dout, {B, N, H, Dv}, q.scalar_type());
+  check_dense("out", out, {B, N, H, Dv}, q.scalar_type());
+  check_dense("lse", lse, {B, H, N}, acc_type);
   const auto acc_opts = lse.options();
   const bool f32 = q.scalar_type() == at::kFloat && D == Dv &&
                    (D == 16 || D == 32 || D == 64 || D == 128);
