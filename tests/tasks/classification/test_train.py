@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import timm
 
-from nat.tasks.classification import TrainConfig, train
-from nat.tasks.classification.train import _optimizer
+from nat.tasks.classification import TrainConfig, create_optimizer, train
 
 from .test_distributed import NO_RANDOMNESS
 
@@ -27,7 +26,7 @@ def test_bf16_autocast_trains_on_cpu(tiny):
 
 def test_no_weight_decay_on_norms_biases_and_rpb():
     model = timm.create_model("nat_digits")
-    optimizer = _optimizer(model, TrainConfig(), lr_scale=1.0)
+    optimizer = create_optimizer(model, TrainConfig())
     names = {id(p): n for n, p in model.named_parameters()}
     decayed = {
         names[id(p)] for g in optimizer.param_groups if g["weight_decay"] for p in g["params"]
@@ -38,5 +37,5 @@ def test_no_weight_decay_on_norms_biases_and_rpb():
 
 def test_learning_rate_scales_with_the_global_batch():
     model = timm.create_model("nat_digits")
-    optimizer = _optimizer(model, TrainConfig(lr=1e-3), lr_scale=128 / 1024)
+    optimizer = create_optimizer(model, TrainConfig(lr=1e-3), lr_scale=128 / 1024)
     assert {g["lr"] for g in optimizer.param_groups} == {1.25e-4}

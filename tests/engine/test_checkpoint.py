@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from nat.tasks.classification.checkpoint import (
+from nat.engine import (
     CheckpointError,
     capture_rng_state,
     load_checkpoint,
