@@ -5,14 +5,17 @@
   ``best.pt``        a separate copy of the checkpoint of the best epoch so far
   ``metrics.jsonl``  one JSON object per finished epoch (valid JSON: non-finite numbers are null)
   ``summary.json``   written when the run ends
-  ``.lock``          held (``fcntl.flock``) by the process of rank 0 while the run lives, so a
-                     second run on the same directory stops at once instead of mixing its files in
+  ``.lock``          locked (``fcntl.lockf``) by the process of rank 0 while the run lives, so a
+                     second run on the same directory stops at once instead of mixing its files
+                     in. A POSIX lock is not inherited by forked data loader workers and ends with
+                     the process, so a killed run's directory can be resumed at once.
 
 Only rank 0 writes; every rank learns whether the directory could be locked.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import shutil
@@ -85,8 +88,10 @@ class RunDirectory:
         self.path.mkdir(parents=True, exist_ok=True)
         lock = open(self.path / LOCK, "a+")  # noqa: SIM115 (held open for the whole run)
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EACCES, errno.EAGAIN):
+                raise
             lock.seek(0)
             holder = lock.read().strip() or "unknown"
             lock.close()
@@ -103,7 +108,7 @@ class RunDirectory:
 
     def _release(self) -> None:
         if self._lock is not None:
-            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            fcntl.lockf(self._lock, fcntl.LOCK_UN)
             self._lock.close()
             self._lock = None
 
