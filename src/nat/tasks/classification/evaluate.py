@@ -97,9 +97,7 @@ def validate(
     data_classes = images.classes
     if num_classes is None and checkpoint is None and not pretrained and data_classes:
         num_classes = len(data_classes)
-    loaded = load_classifier(
-        model_name, checkpoint, num_classes=num_classes, pretrained=pretrained
-    )
+    loaded = load_classifier(model_name, checkpoint, num_classes=num_classes, pretrained=pretrained)
     model = loaded.model
     model_classes = model.num_classes if hasattr(model, "num_classes") else None
     if data_classes and model_classes is not None and len(data_classes) > model_classes:
