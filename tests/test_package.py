@@ -79,6 +79,7 @@ def test_nat_train_finds_its_recipe_and_trains(installed):
     )
     assert json.loads(proc.stdout)["epochs"] == 1
     assert (installed[1] / "run" / "last.pt").is_file()
+    assert "No CUDA runtime" not in proc.stderr
 
 
 def test_nat_models_lists_a_variant_without_warnings(installed):
