@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..engine import autocast
 from .harness import load_average, machine_info, measure_group
 
 __all__ = [
@@ -35,6 +36,8 @@ BASELINE_MODEL = "swin_tiny_patch4_window7_224"
 TARGET_MODEL = "nat_tiny"
 QUICK_MODELS = ("test_vit", "test_convnext")
 """timm's tiny test models: a smoke test of the whole pipeline in seconds."""
+
+_AMP = {torch.float32: "none", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 def _register_nat_models() -> None:
@@ -55,8 +58,8 @@ def _input_size(model: nn.Module, img_size: int | None) -> tuple[int, int, int]:
     return tuple(model.pretrained_cfg.get("input_size", (3, 224, 224)))
 
 
-def _autocast(device: torch.device, dtype: torch.dtype):
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+def _autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    return autocast(device, _AMP[dtype])
 
 
 def _inference_call(

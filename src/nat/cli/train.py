@@ -146,6 +146,8 @@ def _train(args: argparse.Namespace) -> int:
     else:
         config = load_config(args.config or DIGITS, **overrides)
     result = train(config, resume=args.resume, progress=not args.no_progress)
+    if not result.is_main:  # under torchrun the summary is rank 0's to print
+        return 0
     if args.json:
         print(json.dumps(result.summary, indent=2))
     else:

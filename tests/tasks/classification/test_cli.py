@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -148,3 +150,31 @@ def test_unreadable_image_to_predict(trained, tmp_path, capsys):
     bad = corrupt(make_image_folder(tmp_path, classes=1, per_class=1) / "c0" / "0.png")
     err = _error(["predict", str(bad), "--checkpoint", str(trained[0] / "last.pt")], capsys)
     assert f"cannot read image {bad}" in err
+
+
+def test_a_nan_loss_stops_training_with_an_error(folder, tmp_path, capsys):
+    err = _error([*_train_args(folder, tmp_path / "run"), "--set=lr=1000.0"], capsys)
+    assert "the training loss is nan at epoch 1, step" in err
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_a_second_run_on_the_same_output_is_refused(folder, tmp_path, capsys):
+    hold = (
+        "import sys; from nat.engine import DistEnv, RunDirectory; "
+        "run = RunDirectory(sys.argv[1], DistEnv()).__enter__(); print('locked', flush=True); "
+        "sys.stdin.read()"
+    )
+    out = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", hold, str(out)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        err = _error(_train_args(folder, out), capsys)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    assert f"output directory '{out}' is in use by another training run (pid {holder.pid})" in err

@@ -54,3 +54,14 @@ def test_two_processes_match_one_with_the_same_global_batch(runs):
 def test_metrics_are_reduced_over_the_whole_validation_set(runs):
     _, single, summary = runs
     assert (summary["top1"], summary["top5"]) == (single.summary["top1"], single.summary["top5"])
+
+
+def test_under_torchrun_only_rank_0_prints_the_summary(folder, tmp_path):
+    sets = [f"--set={k}={'null' if v is None else v}" for k, v in {**TINY, "epochs": 1}.items()]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    args = ["-m", "nat", "train", "--data", str(folder), "--output", str(tmp_path / "run")]
+    proc = subprocess.run(
+        [*cmd, *args, "--no-progress", "--json", *sets], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout) == json.loads((tmp_path / "run" / "summary.json").read_text())

@@ -40,20 +40,49 @@ def _machine_tag() -> str:
 
 @functools.cache
 def load() -> ModuleType | None:
-    """The compiled extension, or ``None`` (with a logged reason) when it cannot be built."""
-    from torch.utils import cpp_extension
+    """The compiled extension, or ``None`` (with a logged reason) when it cannot be built.
 
+    The first call on a machine compiles it (30-60 s) and says so in one line on stderr; later
+    calls load the cached build silently. The source is compiled from a copy inside the build
+    directory, so every checkout or install of the same source shares one build.
+    """
+    import sys
+
+    from ...files import atomic_write
+
+    # Importing cpp_extension warns "No CUDA runtime is found" on machines without a GPU.
+    cpp_log = logging.getLogger("torch.utils.cpp_extension")
+    level = cpp_log.level
+    cpp_log.setLevel(logging.ERROR)
     try:
+        from torch.utils import cpp_extension
+
+        name = f"nat_cpu_{_machine_tag()}"
+        build = Path(cpp_extension._get_build_directory(name, verbose=False))
+        source = build / _SOURCE.name
+        code = _SOURCE.read_bytes()
+        if not source.is_file() or source.read_bytes() != code:
+            atomic_write(source, code)
+        ninja = build / "build.ninja"
+        if not (build / f"{name}.so").is_file() or str(source) not in ninja.read_text():
+            print(
+                "nat: compiling the fused CPU kernel for this machine (once, 30-60 s) ...",
+                file=sys.stderr,
+                flush=True,
+            )
         return cpp_extension.load(
-            name=f"nat_cpu_{_machine_tag()}",
-            sources=[str(_SOURCE)],
+            name=name,
+            sources=[str(source)],
             extra_cflags=["-O3", "-march=native", "-fopenmp", "-ffp-contract=fast"],
             extra_ldflags=["-fopenmp"],
+            build_directory=str(build),
             verbose=False,
         )
     except Exception as err:  # a missing compiler, headers or an unsupported platform
         _log.warning("nat: the fused CPU kernel could not be built (%s); using 'torch'", err)
         return None
+    finally:
+        cpp_log.setLevel(level)
 
 
 @torch.compiler.assume_constant_result

@@ -1,4 +1,5 @@
-"""Training settings: one dataclass, named YAML recipes under ``configs/``, plain-data round trip.
+"""Training settings: one dataclass, named YAML recipes (package data in ``configs/`` next to this
+module), plain-data round trip.
 
 A config is stored in every checkpoint as a plain dict (loadable with ``weights_only=True``) and
 resumed runs take their settings from there.
@@ -242,11 +243,11 @@ def _kind(hint: Any) -> str:
 
 
 def config_dir() -> Path:
-    """Where named configs live: ``$NAT_CONFIG_DIR``, else the repository's ``configs/``."""
+    """Where named configs live: ``$NAT_CONFIG_DIR``, else the recipes shipped in the package."""
     env = os.environ.get("NAT_CONFIG_DIR")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[4] / "configs"
+    return Path(__file__).with_name("configs")
 
 
 def list_configs() -> list[str]:

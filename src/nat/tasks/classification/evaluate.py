@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -12,29 +11,20 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from ...data import (
-    DIGITS,
-    check_classes,
-    create_classification_dataset,
-    create_eval_transform,
-    dataset_classes,
+from ...data import DIGITS, check_classes, create_eval_transform, drop_skipped
+from ...engine import (
+    CheckpointError,
+    DistEnv,
+    all_reduce_sum,
+    autocast,
+    eval_loader,
+    init_distributed,
+    limit,
 )
-from .checkpoint import CheckpointError, load_checkpoint
-from .distributed import DistEnv, all_reduce_sum, init_distributed
-from .loaders import data_config_for, eval_loader, limit
-from .model import TRAIN_CHECKPOINT_FORMAT, create_classifier, load_classifier_weights
+from .loaders import ImageSplit
+from .model import load_classifier
 
-__all__ = ["autocast", "evaluate", "validate"]
-
-
-def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    """Mixed precision context: ``amp`` is ``none``, ``bf16`` or ``fp16`` (CUDA only)."""
-    if amp == "none":
-        return contextlib.nullcontext()
-    if amp == "fp16" and device.type != "cuda":
-        raise ValueError("amp=fp16 needs a CUDA device; use bf16 on CPU")
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
-    return torch.autocast(device.type, dtype=dtype)
+__all__ = ["evaluate", "validate"]
 
 
 @torch.no_grad()
@@ -106,49 +96,34 @@ def validate(
     bicubic, centre crop 224). Training checkpoints carry their data config, which is used unless
     overridden. Returns ``top1``, ``top5``, ``loss``, ``count`` and what was evaluated."""
     env = init_distributed(device)
-    dataset_obj = create_classification_dataset(
-        data, split, dataset=dataset, skip_bad_images=skip_bad_images
-    )
-    data_classes = dataset_classes(dataset_obj)
-    state = load_checkpoint(checkpoint) if checkpoint is not None else {}
-    if state.get("format") == TRAIN_CHECKPOINT_FORMAT:
-        if data_classes is not None:
-            check_classes(state["classes"], data_classes, f"{data or DIGITS} against {checkpoint}")
-        num_classes = num_classes or len(state["classes"])
-    elif num_classes is None and checkpoint is None and not pretrained and data_classes:
+    images = ImageSplit(data, split, dataset=dataset, skip_bad_images=skip_bad_images)
+    data_classes = images.classes
+    if num_classes is None and checkpoint is None and not pretrained and data_classes:
         num_classes = len(data_classes)
-    model = create_classifier(model_name, num_classes=num_classes, pretrained=pretrained)
-    if checkpoint is not None:
-        load_classifier_weights(model, checkpoint, model_name=model_name, state=state)
+    loaded = load_classifier(model_name, checkpoint, num_classes=num_classes, pretrained=pretrained)
+    model = loaded.model
+    if loaded.classes is not None and data_classes is not None:
+        check_classes(loaded.classes, data_classes, f"{images.name} against {checkpoint}")
     model_classes = model.num_classes if hasattr(model, "num_classes") else None
     if data_classes and model_classes is not None and len(data_classes) > model_classes:
         raise CheckpointError(
             f"num_classes mismatch: the model predicts {model_classes} classes but "
-            f"{data or DIGITS} has {len(data_classes)}"
+            f"{images.name} has {len(data_classes)}"
         )
-    saved_cfg = state.get("data_config") or {}
-    data_cfg = data_config_for(
-        model,
-        input_size=input_size or (saved_cfg.get("input_size") or [None])[-1],
-        interpolation=interpolation or saved_cfg.get("interpolation"),
-        crop_pct=crop_pct or saved_cfg.get("crop_pct"),
-        mean=saved_cfg.get("mean"),
-        std=saved_cfg.get("std"),
+    data_cfg = loaded.eval_data_config(
+        input_size=input_size, interpolation=interpolation, crop_pct=crop_pct
     )
-    if data is None or (str(data) == DIGITS and not dataset):
-        dataset_obj = create_classification_dataset(
-            data, split, image_size=data_cfg["input_size"][-1]
-        )
+    dataset_obj = images.open(data_cfg["input_size"][-1])
     dataset_obj.transform = create_eval_transform(data_cfg)
     evaluated = limit(dataset_obj, max_samples)
-    loader = eval_loader(evaluated, batch_size, env, workers=workers)
+    loader = eval_loader(evaluated, batch_size, env, workers=workers, collate_fn=drop_skipped)
     model.to(env.device)
     metrics = evaluate(model, loader, env, amp=amp, progress=progress, desc="validate")
     metrics["skipped"] = len(evaluated) - metrics["count"]
     return {
         "model": model_name,
         "checkpoint": str(checkpoint) if checkpoint is not None else None,
-        "data": str(Path(data)) if data is not None else DIGITS,
+        "data": str(Path(data)) if data is not None else images.name,
         "split": split,
         **metrics,
         "data_config": data_cfg,

@@ -1,19 +1,19 @@
-"""Data configs and loaders for training and evaluation, with reproducible shuffling and workers."""
+"""Classification data: a split's classes and images (the embedded digits rendered at the model's
+input size) and the model's data config."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from timm.data import resolve_data_config
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset
 
-from ...data import drop_skipped
-from .distributed import DistEnv, ShardSampler, train_sampler
+from ...data import DIGITS, DIGITS_CLASSES, create_classification_dataset, dataset_classes
 
-__all__ = ["data_config_for", "eval_loader", "limit", "seed_loader", "train_loader"]
+__all__ = ["ImageSplit", "data_config_for"]
 
 
 def data_config_for(
@@ -39,50 +39,33 @@ def data_config_for(
     return {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}
 
 
-def limit(dataset: Dataset, count: int | None) -> Dataset:
-    """The first ``count`` samples (all when ``None``)."""
-    if count is None or count >= len(dataset):
-        return dataset
-    return Subset(dataset, range(count))
+class ImageSplit:
+    """A split of ``data`` (see :func:`nat.data.create_classification_dataset`) whose class names
+    are known at once and whose images are opened for a given input size: the embedded digits
+    (``data`` ``None`` or ``"digits"``) are rendered at that size, any other data is read as it
+    is (and checked to exist here)."""
 
+    def __init__(
+        self,
+        data: str | os.PathLike[str] | None,
+        split: str,
+        *,
+        dataset: str = "",
+        skip_bad_images: bool = False,
+    ) -> None:
+        self.data, self.split = data, split
+        self.name = str(data) if data is not None else DIGITS
+        self._images: Dataset | None = None
+        if data is None or (str(data) == DIGITS and not dataset):
+            self.classes: list[str] | None = list(DIGITS_CLASSES)
+        else:
+            self._images = create_classification_dataset(
+                data, split, dataset=dataset, skip_bad_images=skip_bad_images
+            )
+            self.classes = dataset_classes(self._images)
 
-def train_loader(
-    dataset: Dataset, batch_size: int, env: DistEnv, *, seed: int, workers: int
-) -> DataLoader:
-    """Shuffled per epoch (call :func:`seed_loader` first), last partial batch dropped."""
-    if len(dataset) < batch_size * env.world_size:
-        raise ValueError(
-            f"the training set has {len(dataset)} images, fewer than one global batch "
-            f"({batch_size} x {env.world_size} processes)"
-        )
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=train_sampler(len(dataset), env, seed),
-        num_workers=workers,
-        drop_last=True,
-        pin_memory=env.device.type == "cuda",
-        generator=torch.Generator(),
-        persistent_workers=False,
-    )
-
-
-def seed_loader(loader: DataLoader, seed: int, epoch: int, rank: int) -> None:
-    """Fix epoch ``epoch``'s shuffle and the worker seeds, independently of what ran before."""
-    if hasattr(loader.sampler, "set_epoch"):
-        loader.sampler.set_epoch(epoch)
-    loader.generator.manual_seed((seed * 1_000_003 + epoch) * 1_009 + rank)
-
-
-def eval_loader(dataset: Dataset, batch_size: int, env: DistEnv, *, workers: int) -> DataLoader:
-    """In order, each rank a disjoint shard; its own generator so it never touches global RNG.
-    Skipped unreadable images (``None`` samples) are left out of their batch."""
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        collate_fn=drop_skipped,
-        sampler=ShardSampler(len(dataset), env),
-        num_workers=workers,
-        pin_memory=env.device.type == "cuda",
-        generator=torch.Generator().manual_seed(0),
-    )
+    def open(self, image_size: int) -> Dataset:
+        """The split's dataset (no transform yet)."""
+        if self._images is not None:
+            return self._images
+        return create_classification_dataset(self.data, self.split, image_size=image_size)

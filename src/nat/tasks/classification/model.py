@@ -1,8 +1,10 @@
-"""Building a classifier by its registered name and loading weights into it with clear errors."""
+"""Building a classifier by its registered name and loading weights into it with clear errors;
+:func:`load_classifier`: the one path from a checkpoint to a ready model (validate, predict)."""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from typing import Any
 
 import timm
@@ -10,9 +12,16 @@ import torch
 from torch import nn
 
 from ... import models
-from .checkpoint import CheckpointError, load_checkpoint
+from ...engine import CheckpointError, load_checkpoint
+from .loaders import data_config_for
 
-__all__ = ["TRAIN_CHECKPOINT_FORMAT", "create_classifier", "load_classifier_weights"]
+__all__ = [
+    "TRAIN_CHECKPOINT_FORMAT",
+    "LoadedClassifier",
+    "create_classifier",
+    "load_classifier",
+    "load_classifier_weights",
+]
 
 TRAIN_CHECKPOINT_FORMAT = "nat-classification-train-v1"
 
@@ -77,6 +86,56 @@ def load_classifier_weights(
     else:
         _load_strict(model, state.get("state_dict", state.get("model", state)), checkpoint)
     return state
+
+
+@dataclass
+class LoadedClassifier:
+    model: nn.Module
+    classes: list[str] | None = None
+    """The class names a training checkpoint of this package carries."""
+    data_config: dict[str, Any] = field(default_factory=dict)
+    """The data config a training checkpoint was trained with (input size, crop, mean, ...)."""
+
+    def eval_data_config(
+        self,
+        *,
+        input_size: int | None = None,
+        interpolation: str | None = None,
+        crop_pct: float | None = None,
+    ) -> dict[str, Any]:
+        """The model's data config: the given overrides, else the trained one, else timm's."""
+        saved = self.data_config
+        return data_config_for(
+            self.model,
+            input_size=input_size or (saved.get("input_size") or [None])[-1],
+            interpolation=interpolation or saved.get("interpolation"),
+            crop_pct=crop_pct or saved.get("crop_pct"),
+            mean=saved.get("mean"),
+            std=saved.get("std"),
+        )
+
+
+def load_classifier(
+    model_name: str,
+    checkpoint: str | os.PathLike[str] | None = None,
+    *,
+    num_classes: int | None = None,
+    pretrained: bool = False,
+) -> LoadedClassifier:
+    """``model_name`` with the weights of ``checkpoint`` (any layout
+    :func:`load_classifier_weights` reads), else timm's pretrained weights if ``pretrained``.
+    A training checkpoint of this package also gives the number of classes (unless
+    ``num_classes`` is set, which must then fit), their names and the data config."""
+    state = load_checkpoint(checkpoint) if checkpoint is not None else {}
+    ours = state.get("format") == TRAIN_CHECKPOINT_FORMAT
+    if num_classes is None and ours:
+        num_classes = len(state["classes"])
+    model = create_classifier(model_name, num_classes=num_classes, pretrained=pretrained)
+    if checkpoint is not None:
+        load_classifier_weights(model, checkpoint, model_name=model_name, state=state)
+    if not ours:
+        return LoadedClassifier(model)
+    return LoadedClassifier(model, list(state["classes"]), dict(state.get("data_config") or {}))
 
 
 def _load_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: Any) -> None:

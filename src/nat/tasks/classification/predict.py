@@ -8,9 +8,7 @@ from typing import Any
 import torch
 
 from ...data import create_eval_transform, decode_image
-from .checkpoint import load_checkpoint
-from .loaders import data_config_for
-from .model import TRAIN_CHECKPOINT_FORMAT, create_classifier, load_classifier_weights
+from .model import load_classifier
 
 __all__ = ["predict"]
 
@@ -40,26 +38,15 @@ def predict(
     missing = [str(path) for path in images if not os.path.isfile(path)]
     if missing:
         raise FileNotFoundError(f"image {missing[0]!r} does not exist")
-    state = load_checkpoint(checkpoint) if checkpoint is not None else {}
-    ours = state.get("format") == TRAIN_CHECKPOINT_FORMAT
-    if num_classes is None and ours:
-        num_classes = len(state["classes"])
-    model = create_classifier(model_name, num_classes=num_classes, pretrained=checkpoint is None)
-    if checkpoint is not None:
-        load_classifier_weights(model, checkpoint, model_name=model_name, state=state)
-    saved_cfg = (state.get("data_config") or {}) if ours else {}
-    data_cfg = data_config_for(
-        model,
-        input_size=(saved_cfg.get("input_size") or [None])[-1],
-        interpolation=saved_cfg.get("interpolation"),
-        crop_pct=saved_cfg.get("crop_pct"),
-        mean=saved_cfg.get("mean"),
-        std=saved_cfg.get("std"),
+    loaded = load_classifier(
+        model_name, checkpoint, num_classes=num_classes, pretrained=checkpoint is None
     )
+    model = loaded.model
+    data_cfg = loaded.eval_data_config()
     transform = create_eval_transform(data_cfg)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(dev).eval()
-    labels = _labels(state["classes"] if ours else None, model.num_classes)
+    labels = _labels(loaded.classes, model.num_classes)
     results = []
     for path in images:
         batch = transform(decode_image(path)).unsqueeze(0).to(dev)

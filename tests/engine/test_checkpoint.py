@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from nat.tasks.classification.checkpoint import (
+from nat.engine import (
     CheckpointError,
     capture_rng_state,
     load_checkpoint,
     restore_rng_state,
+    resumed_settings,
     save_checkpoint,
 )
 
@@ -49,3 +50,25 @@ def test_rng_state_roundtrip_through_a_file_repeats_every_generator(tmp_path):
     first = (random.random(), np.random.rand(), torch.rand(1).item())
     restore_rng_state(load_checkpoint(path)["rng"])
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == first
+
+
+SAVED = {"format": "f-v1", "config": {"lr": 0.1, "epochs": 3, "workers": 4}}
+
+
+def test_resume_with_the_same_settings_takes_the_runtime_ones_from_the_request():
+    requested = {"lr": 0.1, "epochs": 3, "workers": 0}
+    resumed = resumed_settings(SAVED, requested, format="f-v1", runtime={"workers"}, path="c.pt")
+    assert resumed == requested
+
+
+def test_resume_with_other_settings_is_refused_naming_them():
+    requested = {"lr": 0.2, "epochs": 3, "workers": 4}
+    with pytest.raises(
+        ValueError, match=r"cannot resume c\.pt with different settings \(lr: 0\.1 -> 0\.2\)"
+    ):
+        resumed_settings(SAVED, requested, format="f-v1", runtime={"workers"}, path="c.pt")
+
+
+def test_resume_from_another_kind_of_checkpoint_is_refused():
+    with pytest.raises(CheckpointError, match=r"c\.pt is not a f-v2 checkpoint"):
+        resumed_settings(SAVED, SAVED["config"], format="f-v2", runtime=(), path="c.pt")

@@ -1,43 +1,21 @@
-"""Training checkpoints: atomic writes, safe loading, and every random number generator's state.
-
-A checkpoint is a dict of tensors and plain data, so it loads with ``torch.load(weights_only=True)``
-(no code is unpickled). Files are written to a temporary name, fsynced and renamed over the old
-one, so a kill at any moment leaves the previous good checkpoint in place.
-"""
+"""Every global random number generator: seeding, and its state as tensors for a checkpoint."""
 
 from __future__ import annotations
 
-import os
 import random
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ...files import CheckpointError, atomic_save, read_tensors
-
-__all__ = [
-    "CheckpointError",
-    "capture_rng_state",
-    "load_checkpoint",
-    "restore_rng_state",
-    "save_checkpoint",
-]
+__all__ = ["capture_rng_state", "restore_rng_state", "seed_everything"]
 
 
-def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> Path:
-    """Write ``state`` to ``path`` atomically (temporary file, fsync, rename, fsync directory)."""
-    return atomic_save(state, path)
-
-
-def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load a checkpoint onto the CPU with ``weights_only=True``; a missing, truncated or corrupt
-    file raises one clear error (:class:`FileNotFoundError` / :class:`CheckpointError`)."""
-    state = read_tensors(path)
-    if not isinstance(state, dict):
-        raise CheckpointError(f"checkpoint {str(path)!r} does not hold a dict")
-    return state
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def capture_rng_state() -> dict[str, Any]:

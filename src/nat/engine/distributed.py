@@ -1,4 +1,4 @@
-"""DistributedDataParallel plumbing under ``torchrun``: process group, samplers, metric reduction.
+"""DistributedDataParallel plumbing under ``torchrun``: process group, samplers, reductions.
 
 Single-process runs use the same code paths with a world of one, so a run under ``torchrun`` with
 N processes and batch B matches one process with batch N*B (same sample order, averaged grads).
@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -19,6 +20,8 @@ __all__ = [
     "ShardSampler",
     "all_reduce_sum",
     "barrier",
+    "broadcast",
+    "gather",
     "init_distributed",
     "train_sampler",
 ]
@@ -74,6 +77,24 @@ def all_reduce_sum(values: list[float], env: DistEnv) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=_comm_device(env))
     dist.all_reduce(t)
     return t.tolist()
+
+
+def gather(obj: Any, env: DistEnv) -> list[Any]:
+    """Every rank's ``obj`` (picklable), in rank order, on every rank."""
+    if not env.distributed:
+        return [obj]
+    out: list[Any] = [None] * env.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast(obj: Any, env: DistEnv) -> Any:
+    """Rank 0's ``obj`` (picklable) on every rank."""
+    if not env.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def _comm_device(env: DistEnv) -> torch.device:

@@ -1,0 +1,52 @@
+"""What every task shares: the distributed environment, loaders, precision, checkpoints, the run
+directory and the fit loop. Tasks (``nat.tasks.*``) add a model, data, a loss and metrics."""
+
+from .checkpoint import CheckpointError, load_checkpoint, resumed_settings, save_checkpoint
+from .distributed import (
+    DistEnv,
+    ShardSampler,
+    all_reduce_sum,
+    barrier,
+    broadcast,
+    gather,
+    init_distributed,
+    train_sampler,
+)
+from .fit import FitResult, LossFn, MetricsFn, NonFiniteLossError, fit
+from .loaders import eval_loader, limit, seed_loader, train_loader
+from .precision import AMP_MODES, autocast, resolve_amp
+from .rng import capture_rng_state, restore_rng_state, seed_everything
+from .run import RunDirectory, RunLockedError, default_output
+
+__all__ = [
+    "AMP_MODES",
+    "CheckpointError",
+    "DistEnv",
+    "FitResult",
+    "LossFn",
+    "MetricsFn",
+    "NonFiniteLossError",
+    "RunDirectory",
+    "RunLockedError",
+    "ShardSampler",
+    "all_reduce_sum",
+    "autocast",
+    "barrier",
+    "broadcast",
+    "capture_rng_state",
+    "default_output",
+    "eval_loader",
+    "fit",
+    "gather",
+    "init_distributed",
+    "limit",
+    "load_checkpoint",
+    "resolve_amp",
+    "restore_rng_state",
+    "resumed_settings",
+    "save_checkpoint",
+    "seed_everything",
+    "seed_loader",
+    "train_loader",
+    "train_sampler",
+]
