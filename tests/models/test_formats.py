@@ -20,7 +20,7 @@ from nat.models import (
     load_model,
     load_pretrained,
 )
-from nat.models.pretrained import CheckpointMismatchError
+from nat.files import CheckpointError
 
 from .synthetic import published_shapes, synthetic_state_dict, to_hf
 
@@ -171,7 +171,7 @@ def test_pickled_code_is_refused_not_run(tmp_path, mini_sd, mini_model):
 def test_shape_mismatch_names_key_and_both_shapes(mini_sd):
     model = nat.models.NAT(embed_dim=64, mlp_ratio=2, depths=(3, 4, 6, 5), num_heads=(2, 4, 8, 16))
     with pytest.raises(
-        CheckpointMismatchError,
+        CheckpointError,
         match=r"levels\.0\.blocks\.0\.mlp\.fc1\.weight: checkpoint \[192, 64\] "
         r"vs model \[128, 64\]",
     ):
@@ -181,7 +181,7 @@ def test_shape_mismatch_names_key_and_both_shapes(mini_sd):
 def test_missing_and_unexpected_keys_are_named(mini_sd, mini_model):
     broken = dict(mini_sd)
     broken["levels.9.blocks.0.extra"] = broken.pop("levels.1.blocks.2.attn.rpb")
-    with pytest.raises(CheckpointMismatchError) as err:
+    with pytest.raises(CheckpointError) as err:
         load_pretrained(mini_model, broken)
     assert "missing keys (levels.1.blocks.2.attn.rpb)" in str(err.value)
     assert "unexpected keys (levels.9.blocks.0.extra)" in str(err.value)
