@@ -12,6 +12,7 @@ import timm
 import torch
 
 import nat
+from nat.files import CheckpointError
 from nat.models import (
     NATBackbone,
     convert_checkpoint,
@@ -20,7 +21,6 @@ from nat.models import (
     load_model,
     load_pretrained,
 )
-from nat.files import CheckpointError
 
 from .synthetic import published_shapes, synthetic_state_dict, to_hf
 

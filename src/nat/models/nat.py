@@ -18,8 +18,13 @@ import torch
 import torch.utils.checkpoint
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models import FeatureInfo, register_notrace_module
+from timm.models import (
+    FeatureInfo,
+    build_model_with_cfg,
+    generate_default_cfgs,
+    register_model,
+    register_notrace_module,
+)
 from timm.models._features import feature_take_indices
 from torch import nn
 
