@@ -629,6 +629,8 @@ def _create_nat(variant: str, pretrained: bool = False, **kwargs: Any) -> nn.Mod
             f"feature_cls={feature_cls!r} is not supported: leave it out for the NATBackbone "
             f"(the levels' normalised maps) or pass 'getter' (timm's forward_intermediates)"
         )
+    if feature_cls is not None and not features_only:
+        raise ValueError(f"feature_cls={feature_cls!r} needs features_only=True")
     backbone = features_only and feature_cls is None
     overlay = kwargs.get("pretrained_cfg_overlay") or {}
     if overlay.get("file"):

@@ -46,6 +46,8 @@ _BACKBONE_NORM = re.compile(r"^norm\d+\.")
 _CLASSIFIER_ONLY = ("norm.", "head.")
 _FIRST_CONV = "patch_embed.proj.0.weight"
 _SHOWN = 5
+LAYOUTS = ("original", "hf")
+"""The layouts :func:`convert_checkpoint` writes."""
 
 
 def _variants() -> list[str]:
@@ -446,8 +448,8 @@ def convert_checkpoint(
     ``destination`` is a directory receiving ``model.safetensors`` and a transformers
     ``config.json``. The weights are checked against the architecture before anything is written.
     """
-    if layout not in ("original", "hf"):
-        raise ValueError(f"layout={layout!r} must be 'original' or 'hf'")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout={layout!r} must be one of {', '.join(map(repr, LAYOUTS))}")
     source = Path(source)
     ckpt = formats.read_checkpoint(source)
     state_dict = formats.to_original(ckpt.state_dict)
@@ -468,21 +470,26 @@ def convert_checkpoint(
         )
     state_dict = {k: state_dict[k] for k in expected}
     destination = Path(destination)
-    if layout == "hf":
-        if backbone:
-            raise ValueError(
-                f"{source} is a backbone checkpoint; the Hugging Face layout holds classifiers "
-                f"only (use --to original)"
-            )
-        return formats.write_hf(state_dict, destination, args)
-    if destination.is_dir() or destination.suffix == "":
+    if layout == "hf" and backbone:
+        raise ValueError(
+            f"{source} is a backbone checkpoint; the Hugging Face layout holds classifiers "
+            f"only (use --to original)"
+        )
+    if layout == "original" and (destination.is_dir() or destination.suffix == ""):
         destination = (
             destination / f"{source.stem if source.is_file() else source.name}.safetensors"
         )
-    config = {
-        "format": formats.SIDECAR_FORMAT,
-        "architecture": name,
-        "backbone": backbone,
-        "model_args": args,
-    }
-    return formats.write_original(state_dict, destination, config)
+    try:
+        if layout == "hf":
+            return formats.write_hf(state_dict, destination, args)
+        config = {
+            "format": formats.SIDECAR_FORMAT,
+            "architecture": name,
+            "backbone": backbone,
+            "model_args": args,
+        }
+        return formats.write_original(state_dict, destination, config)
+    except OSError as err:
+        raise OSError(
+            f"destination={str(destination)!r} cannot be written ({err.strerror or err})"
+        ) from None
