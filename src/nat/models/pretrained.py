@@ -111,10 +111,9 @@ def load_state_dict_strict(
     if missing or unexpected or mismatched:
         report = _mismatch_report(missing, unexpected, mismatched, state_dict, expected)
         classes = _classifier_mismatch(model, state_dict, [*missing, *unexpected, *mismatched])
-        raise CheckpointError(
-            f"{source} does not fit {type(model).__name__}: {report}"
-            + (f"; num_classes mismatch: the checkpoint has {classes} classes" if classes else "")
-        )
+        if classes is not None:
+            report += f"; num_classes mismatch: the checkpoint has {classes} classes"
+        raise CheckpointError(f"{source} does not fit {type(model).__name__}: {report}")
     model.load_state_dict(state_dict, strict=True)
 
 
