@@ -10,8 +10,10 @@ import pytest
 import safetensors.torch
 import timm
 import torch
+from torch import nn
 
 import nat
+from nat.files import CheckpointError
 from nat.models import (
     NATBackbone,
     convert_checkpoint,
@@ -19,8 +21,8 @@ from nat.models import (
     identify_variant,
     load_model,
     load_pretrained,
+    load_state_dict_strict,
 )
-from nat.models.pretrained import CheckpointMismatchError
 
 from .synthetic import published_shapes, synthetic_state_dict, to_hf
 
@@ -171,7 +173,7 @@ def test_pickled_code_is_refused_not_run(tmp_path, mini_sd, mini_model):
 def test_shape_mismatch_names_key_and_both_shapes(mini_sd):
     model = nat.models.NAT(embed_dim=64, mlp_ratio=2, depths=(3, 4, 6, 5), num_heads=(2, 4, 8, 16))
     with pytest.raises(
-        CheckpointMismatchError,
+        CheckpointError,
         match=r"levels\.0\.blocks\.0\.mlp\.fc1\.weight: checkpoint \[192, 64\] "
         r"vs model \[128, 64\]",
     ):
@@ -181,7 +183,7 @@ def test_shape_mismatch_names_key_and_both_shapes(mini_sd):
 def test_missing_and_unexpected_keys_are_named(mini_sd, mini_model):
     broken = dict(mini_sd)
     broken["levels.9.blocks.0.extra"] = broken.pop("levels.1.blocks.2.attn.rpb")
-    with pytest.raises(CheckpointMismatchError) as err:
+    with pytest.raises(CheckpointError) as err:
         load_pretrained(mini_model, broken)
     assert "missing keys (levels.1.blocks.2.attn.rpb)" in str(err.value)
     assert "unexpected keys (levels.9.blocks.0.extra)" in str(err.value)
@@ -275,3 +277,140 @@ def test_published_file_names_break_nat_dinat_ties(filename, variant):
     base = "dinat_large" if "large" in filename else "nat_tiny"
     state_dict = {k: torch.empty(s, device="meta") for k, s in published_shapes(base).items()}
     assert identify_variant(state_dict, filename) == variant
+
+
+def test_load_state_dict_strict_loads_an_exact_state_dict(mini_sd):
+    model = timm.create_model("nat_mini")
+    load_state_dict_strict(model, mini_sd, "weights.pth")
+    assert_loaded(model, mini_sd)
+
+
+def test_load_state_dict_strict_is_one_line_with_counts_and_examples(mini_sd):
+    model = timm.create_model("nat_mini")
+    broken = dict(mini_sd)
+    del broken["levels.1.blocks.2.attn.rpb"]
+    broken["extra.weight"] = torch.zeros(1)
+    before = model.levels[0].blocks[0].attn.qkv.weight.clone()
+    with pytest.raises(CheckpointError) as err:
+        load_state_dict_strict(model, broken, "run/last.pt")
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("run/last.pt does not fit NAT: ")
+    assert "1 missing keys (levels.1.blocks.2.attn.rpb)" in message
+    assert "1 unexpected keys (extra.weight)" in message
+    assert "num_classes" not in message
+    assert torch.equal(model.levels[0].blocks[0].attn.qkv.weight, before)  # nothing loaded
+
+
+def test_load_state_dict_strict_names_a_num_classes_mismatch(mini_sd):
+    model = timm.create_model("nat_mini", num_classes=10)
+    with pytest.raises(CheckpointError) as err:
+        load_state_dict_strict(model, mini_sd, "imagenet.pth")
+    assert "2 shape mismatches (head.weight: checkpoint [1000, 512] vs model [10, 512]" in str(
+        err.value
+    )
+    assert str(err.value).endswith("; num_classes mismatch: the checkpoint has 1000 classes")
+
+
+def test_load_state_dict_strict_follows_the_configured_classifier():
+    model = nn.Sequential(nn.Linear(4, 3))
+    model.pretrained_cfg = {"classifier": "0"}
+    with pytest.raises(CheckpointError, match="num_classes mismatch: the checkpoint has 5 classes"):
+        load_state_dict_strict(
+            model, {"0.weight": torch.zeros(5, 4), "0.bias": torch.zeros(5)}, "other.pth"
+        )
+
+
+def test_load_pretrained_strict_names_the_file(tmp_path, mini_sd):
+    broken = dict(mini_sd)
+    del broken["levels.1.blocks.2.attn.rpb"]
+    torch.save(broken, tmp_path / "broken.pth")
+    with pytest.raises(CheckpointError) as err:
+        load_pretrained(timm.create_model("nat_mini"), tmp_path / "broken.pth")
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith(f"checkpoint={str(tmp_path / 'broken.pth')!r} does not fit NAT: ")
+
+
+def write_empty(path):
+    path.write_bytes(b"")
+
+
+def write_corrupt_safetensors(path):
+    header = b'{"w": {"dtype": "F32", "shape": [4, 4], "data_offsets": [0, 64]}}'
+    path.write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 8)  # data cut short
+
+
+@pytest.mark.parametrize(
+    ("name", "write", "reason"),
+    [
+        ("empty.pth", write_empty, "is empty"),
+        ("corrupt.safetensors", write_corrupt_safetensors, "is a corrupt safetensors file"),
+    ],
+)
+def test_unreadable_files_are_one_line_errors(tmp_path, mini_model, name, write, reason):
+    path = tmp_path / name
+    write(path)
+    for call in (
+        lambda: load_pretrained(mini_model, path),
+        lambda: convert_checkpoint(path, tmp_path / "out.safetensors"),
+    ):
+        with pytest.raises(CheckpointError) as err:
+            call()
+        assert reason in str(err.value) and str(path) in str(err.value)
+        assert "\n" not in str(err.value)
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_directory_without_weights_is_named(tmp_path, mini_model):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError) as err:
+        load_pretrained(mini_model, tmp_path)
+    assert str(err.value) == (
+        f"checkpoint={str(tmp_path)!r} is a directory without model.safetensors or "
+        f"pytorch_model.bin"
+    )
+
+
+def test_malformed_config_json_is_named(tmp_path, mini_model):
+    safetensors.torch.save_file(mini_model.state_dict(), tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text('{"model_type": "nat",')
+    with pytest.raises(CheckpointError) as err:
+        load_model(tmp_path)
+    assert str(err.value).startswith(
+        f"config={str(tmp_path / 'config.json')!r} is not valid JSON ("
+    )
+    assert "\n" not in str(err.value)
+
+
+def test_malformed_sidecar_json_is_named(tmp_path, mini_model):
+    path, sidecar = convert_checkpoint(
+        _saved(tmp_path, mini_model), tmp_path / "out" / "m.safetensors", model="nat_mini"
+    )
+    sidecar.write_text("[1, 2]")
+    with pytest.raises(CheckpointError, match=r"m\.json' holds a JSON list, not an object"):
+        load_model(path)
+    sidecar.write_text("")
+    with pytest.raises(CheckpointError, match=r"m\.json' is not valid JSON \(Expecting value"):
+        load_pretrained(mini_model, path)
+
+
+def _saved(tmp_path, model):
+    path = tmp_path / "nat_mini.pth"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def test_conversion_leaves_no_partial_file_when_a_write_fails(tmp_path, mini_model, monkeypatch):
+    import nat.files
+
+    destination = tmp_path / "out.safetensors"
+    destination.write_bytes(b"previous")
+
+    def full_disk(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(nat.files.os, "fsync", full_disk)
+    with pytest.raises(OSError, match=r"out\.safetensors' cannot be written \(No space left"):
+        convert_checkpoint(_saved(tmp_path, mini_model), destination, model="nat_mini")
+    assert destination.read_bytes() == b"previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nat_mini.pth", "out.safetensors"]

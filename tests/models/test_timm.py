@@ -164,3 +164,19 @@ def test_layer_decay_groups_follow_the_levels(mini):
     first = scales[id(mini.levels[0].blocks[0].attn.qkv.weight)]
     last = scales[id(mini.head.weight)]
     assert stem < first < last == 1.0
+
+
+def test_pretrained_without_network_is_one_clear_error(monkeypatch):
+    from urllib.error import URLError
+
+    def offline(url, **kwargs):
+        raise URLError(OSError(-2, "Name or service not known"))
+
+    monkeypatch.setattr(timm.models._builder, "download_cached_file", offline)
+    with pytest.raises(nat.models.PretrainedDownloadError) as err:
+        timm.create_model("nat_tiny", pretrained=True)
+    message = str(err.value)
+    assert "\n" not in message and isinstance(err.value, RuntimeError)
+    assert "https://shi-labs.com/projects/nat/checkpoints/CLS/nat_tiny.pth" in message
+    assert "Name or service not known" in message
+    assert "pretrained_cfg_overlay=dict(file='/path/to/nat_tiny.pth')" in message

@@ -1,8 +1,13 @@
-"""``nat models`` (the variants' params/GMACs table) and ``nat convert`` (checkpoint formats)."""
+"""``nat models`` (the variants' params/GMACs table) and ``nat convert`` (checkpoint formats).
+
+Option values are checked here, not by argparse, so that a bad one ends in one line naming it.
+"""
 
 from __future__ import annotations
 
 import argparse
+
+from . import CLIError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -14,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     models.add_argument("names", nargs="*", metavar="NAME", help="variants to show (default: all)")
     models.add_argument(
-        "--img-size", type=int, default=None, help="square input size (default: each variant's)"
+        "--img-size", default=None, metavar="N", help="square input size (default: each variant's)"
     )
     models.set_defaults(func=_models)
 
@@ -29,7 +34,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     convert.add_argument("source", metavar="SRC", help="checkpoint file or hub directory")
     convert.add_argument("destination", metavar="DST", help="output .safetensors file or directory")
     convert.add_argument(
-        "--to", dest="layout", choices=("original", "hf"), default="original", help="output layout"
+        "--to",
+        dest="layout",
+        default="original",
+        metavar="{original,hf}",
+        help="output layout (default: original)",
     )
     convert.add_argument(
         "--model",
@@ -43,15 +52,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _models(args: argparse.Namespace) -> int:
     from ..models.summary import format_table, model_table
 
-    if args.img_size is not None and args.img_size < 1:
-        raise ValueError(f"--img-size={args.img_size} must be >= 1")
-    print(format_table(model_table(args.names or None, args.img_size)))
+    if args.img_size is not None and not (args.img_size.isdigit() and int(args.img_size) >= 1):
+        raise CLIError(f"--img-size={args.img_size!r} must be a positive integer")
+    img_size = None if args.img_size is None else int(args.img_size)
+    print(format_table(model_table(args.names or None, img_size)))
     return 0
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from ..models.pretrained import convert_checkpoint
+    from ..models.pretrained import LAYOUTS, convert_checkpoint
 
-    for path in convert_checkpoint(args.source, args.destination, args.layout, args.model):
+    if args.layout not in LAYOUTS:
+        raise CLIError(f"--to={args.layout!r} must be one of {', '.join(LAYOUTS)}")
+    try:
+        written = convert_checkpoint(args.source, args.destination, args.layout, args.model)
+    except OSError as err:  # unreadable SRC, unwritable DST: already one line naming the path
+        raise CLIError(str(err)) from None
+    for path in written:
         print(path)
     return 0

@@ -30,7 +30,7 @@ from typing import Any
 import safetensors.torch
 import torch
 
-from ..files import is_safetensors, read_tensors
+from ..files import CheckpointError, atomic_write, is_safetensors, read_tensors, write_json
 
 __all__ = [
     "Checkpoint",
@@ -76,22 +76,35 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
             raise FileNotFoundError(
                 f"checkpoint={str(path)!r} is a directory without {' or '.join(HF_WEIGHT_FILES)}"
             )
-        config = json.loads(config_path.read_text()) if config_path.is_file() else None
+        config = _read_config(config_path) if config_path.is_file() else None
         return Checkpoint(unwrap(read_tensors(weights)), config, "directory")
     if not path.exists():
         raise FileNotFoundError(f"checkpoint={str(path)!r} does not exist")
     sidecar = path.with_suffix(".json")
-    config = json.loads(sidecar.read_text()) if sidecar.is_file() and sidecar != path else None
+    config = _read_config(sidecar) if sidecar.is_file() and sidecar != path else None
     if config is not None and config.get("format") != SIDECAR_FORMAT:
-        config = None  # some other JSON file that happens to share the name
+        config = None  # some other JSON object that happens to share the name
     source = "safetensors" if is_safetensors(path) else "torch"
     return Checkpoint(unwrap(read_tensors(path)), config, source)
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    """A checkpoint's JSON config (``config.json``, or the ``.json`` beside a converted file)."""
+    try:
+        config = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"config={str(path)!r} is not valid JSON ({err})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(
+            f"config={str(path)!r} holds a JSON {type(config).__name__}, not an object"
+        )
+    return config
 
 
 def unwrap(obj: Any) -> StateDict:
     """The state dict inside a training/mmcv wrapper (EMA weights first), or ``obj`` itself."""
     if not isinstance(obj, Mapping):
-        raise ValueError(f"checkpoint holds a {type(obj).__name__}, not a state dict")
+        raise CheckpointError(f"checkpoint holds a {type(obj).__name__}, not a state dict")
     for key in WRAPPER_KEYS:
         inner = obj.get(key)
         if (
@@ -102,13 +115,13 @@ def unwrap(obj: Any) -> StateDict:
             return dict(inner)
     tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if not tensors:
-        raise ValueError(
+        raise CheckpointError(
             f"checkpoint has no tensors and none of the wrapper keys {list(WRAPPER_KEYS)}; "
             f"its keys are {list(obj)[:8]}"
         )
     if len(tensors) != len(obj):
         others = [k for k in obj if k not in tensors][:8]
-        raise ValueError(
+        raise CheckpointError(
             f"checkpoint mixes tensors with other entries {others}"
             f" and has none of the wrapper keys {list(WRAPPER_KEYS)}"
         )
@@ -202,7 +215,7 @@ def hf_to_original(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
     for (level, layer, kind), parts in qkv.items():
         missing = [p for p in _QKV if p not in parts]
         if missing:
-            raise ValueError(
+            raise CheckpointError(
                 f"Hugging Face checkpoint: level {level} layer {layer} lacks attention.self."
                 f"{{{','.join(missing)}}}.{kind}; query, key and value must all be present"
             )
@@ -250,10 +263,12 @@ def hf_config_to_model_args(config: Mapping[str, Any]) -> dict[str, Any]:
     """A transformers NAT/DiNAT ``config.json`` -> :class:`~nat.models.NAT` keywords."""
     model_type = config.get("model_type")
     if model_type not in ("nat", "dinat"):
-        raise ValueError(f"config.json has model_type={model_type!r}; expected 'nat' or 'dinat'")
+        raise CheckpointError(
+            f"config.json has model_type={model_type!r}; expected 'nat' or 'dinat'"
+        )
     missing = [k for k in ("embed_dim", "depths", "num_heads") if k not in config]
     if missing:
-        raise ValueError(f"config.json lacks {missing}, needed to build the model")
+        raise CheckpointError(f"config.json lacks {missing}, needed to build the model")
     layer_scale = config.get("layer_scale_init_value", 0.0)
     args: dict[str, Any] = dict(
         embed_dim=config["embed_dim"],
@@ -321,13 +336,13 @@ def write_original(
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"destination={str(path)!r} must end in .safetensors")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    safetensors.torch.save_file(
-        _tensors_for_saving(state_dict), str(path), metadata={"format": "pt", "layout": "original"}
+    atomic_write(
+        path,
+        safetensors.torch.save(
+            _tensors_for_saving(state_dict), metadata={"format": "pt", "layout": "original"}
+        ),
     )
-    sidecar = path.with_suffix(".json")
-    sidecar.write_text(json.dumps(dict(config), indent=2) + "\n")
-    return [path, sidecar]
+    return [path, write_json(path.with_suffix(".json"), dict(config))]
 
 
 def write_hf(
@@ -339,11 +354,8 @@ def write_hf(
         raise ValueError(f"destination={str(directory)!r} must be a directory for --to hf")
     config = model_args_to_hf_config(model_args)
     tensors = original_to_hf(state_dict, config["model_type"])
-    directory.mkdir(parents=True, exist_ok=True)
-    weights = directory / HF_WEIGHT_FILES[0]
-    safetensors.torch.save_file(
-        _tensors_for_saving(tensors), str(weights), metadata={"format": "pt"}
+    weights = atomic_write(
+        directory / HF_WEIGHT_FILES[0],
+        safetensors.torch.save(_tensors_for_saving(tensors), metadata={"format": "pt"}),
     )
-    config_path = directory / CONFIG_FILE
-    config_path.write_text(json.dumps(config, indent=2) + "\n")
-    return [weights, config_path]
+    return [weights, write_json(directory / CONFIG_FILE, config)]

@@ -1,27 +1,40 @@
 """NAT and DiNAT: Neighborhood Attention Transformers, as classifiers and as dense backbones.
 
-Reads top to bottom: building blocks (tokenizer, block, level) -> :class:`NAT` (classification)
--> :class:`NATBackbone` (detection/segmentation) -> checkpoint filter -> pretrained configs ->
-registered variants. The state dicts match the published checkpoints key for key (see
+Reads top to bottom: building blocks (tokenizer, block, level) -> :class:`NATTrunk` (the stem
+and levels, with timm's ``forward_intermediates``) -> :class:`NAT` (classification) and
+:class:`NATBackbone` (detection/segmentation), both built on it -> checkpoint filter -> pretrained
+configs -> registered variants. The state dicts match the published checkpoints key for key (see
 ``docs/nat-models.md``). Everything after the tokenizer is channels-last ``[B, h, w, C]``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from http.client import HTTPException
 from typing import Any
+from urllib.error import URLError
 
 import torch
 import torch.utils.checkpoint
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._features import FeatureInfo
+from timm.models import (
+    FeatureInfo,
+    build_model_with_cfg,
+    generate_default_cfgs,
+    register_model,
+    register_notrace_module,
+)
+from timm.models._features import feature_take_indices
 from torch import nn
 
 from ..nn import NeighborhoodAttention2D
 
-__all__ = ["NAT", "NATBackbone", "NATBlock", "NATLevel", "checkpoint_filter_fn"]
+__all__ = ["NAT", "NATBackbone", "NATBlock", "NATLevel", "NATTrunk", "checkpoint_filter_fn"]
+
+# The attention module checks its input's shape (and pads small inputs) in Python: torch.fx keeps
+# it as one leaf call, as timm does for its own shape-dependent modules.
+register_notrace_module(NeighborhoodAttention2D)
 
 
 class ConvTokenizer(nn.Module):
@@ -237,13 +250,23 @@ def _feature_info(embed_dim: int, depths: Sequence[int]) -> list[dict[str, Any]]
     ]
 
 
-class NAT(nn.Module):
-    """NAT (and DiNAT, with ``dilations``) image classifier.
+def _check_global_pool(global_pool: str) -> None:
+    if global_pool not in ("avg", ""):
+        raise ValueError(f"global_pool={global_pool!r} must be 'avg' or '' (no pooling)")
 
-    ``[B, in_chans, H, W]`` -> logits ``[B, num_classes]``, for any ``H, W``. The keywords are the
-    reference implementation's; ``dilations`` is a list per level of a list per layer (``None``:
-    all 1, i.e. NAT). ``kernel_size`` may also be given per level. ``global_pool`` is ``"avg"`` or
-    ``""`` (no pooling: :meth:`forward_head` returns per-token logits).
+
+def _check_output_fmt(output_fmt: str) -> None:
+    if output_fmt not in ("NCHW", "NHWC"):
+        raise ValueError(f"output_fmt={output_fmt!r} must be 'NCHW' or 'NHWC'")
+
+
+class NATTrunk(nn.Module):
+    """The stem and levels that :class:`NAT` and :class:`NATBackbone` are built on.
+
+    Owns the architecture arguments, weight decay exemptions, gradient checkpointing, checkpoint
+    loading and :meth:`forward_intermediates`; subclasses add their normalisation and heads and
+    say how an intermediate is normalised (:meth:`_norm_intermediate`) and how the last level's
+    output is finished (:meth:`_norm_final`).
     """
 
     def __init__(
@@ -256,29 +279,23 @@ class NAT(nn.Module):
         in_chans: int = 3,
         kernel_size: int | Sequence[int] = 7,
         dilations: Sequence[Sequence[int]] | None = None,
-        num_classes: int = 1000,
         qkv_bias: bool = True,
         qk_scale: float | None = None,
         drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
-        norm_layer: type[nn.Module] = nn.LayerNorm,
+        norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
         layer_scale: float | None = None,
-        global_pool: str = "avg",
     ) -> None:
         super().__init__()
         kernels, dilations = _check_architecture(
             embed_dim, depths, num_heads, kernel_size, dilations
         )
-        _check_global_pool(global_pool)
-        self.num_classes = num_classes
-        self.global_pool = global_pool
-        self.num_levels = len(depths)
         self.embed_dim = embed_dim
-        self.num_features = self.head_hidden_size = embed_dim * 2 ** (self.num_levels - 1)
+        self.num_levels = len(depths)
         self.kernel_size = kernels
         self.dilations = dilations
+        self.norm_layer = norm_layer
         self.grad_checkpointing = False
-
         self.patch_embed = ConvTokenizer(in_chans, embed_dim, norm_layer)
         self.pos_drop = nn.Dropout(drop_rate)
         self.levels = _build_levels(
@@ -286,11 +303,6 @@ class NAT(nn.Module):
             mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_scale=qk_scale, drop=drop_rate,
             attn_drop=attn_drop_rate, layer_scale=layer_scale,
         )  # fmt: skip
-        self.norm = norm_layer(self.num_features)
-        self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        self.feature_info = _feature_info(embed_dim, depths)
-        self.apply(_init_weights)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
@@ -316,6 +328,107 @@ class NAT(nn.Module):
         for level in self.levels:
             level.grad_checkpointing = enable
 
+    def load_pretrained(self, checkpoint: str) -> None:
+        """timm's ``custom_load`` hook: load a checkpoint file or directory in any format."""
+        from .pretrained import load_pretrained
+
+        load_pretrained(self, checkpoint)
+
+    def _norm_intermediate(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        """Level ``index``'s features ``[B, h, w, C]`` as ``forward_intermediates(norm=True)``
+        returns them."""
+        raise NotImplementedError
+
+    def _norm_final(self, x: torch.Tensor) -> torch.Tensor:
+        """The last level's features ``[B, h, w, C]`` as ``forward_intermediates`` returns them."""
+        raise NotImplementedError
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """timm's intermediate features: each taken level's features before its downsample.
+
+        ``[B, in_chans, H, W]`` -> ``[B, embed_dim * 2**i, ceil(H / 2**(i+2)), ceil(W / ..)]`` for
+        each level ``i`` of ``indices`` (``None``: all, an int ``n``: the last ``n``, negative
+        indices count from the end), in ``output_fmt`` (``"NHWC"``: channels last); ``norm``
+        normalises them as the subclass does. Unless ``intermediates_only``, also returns the
+        final features (those of :meth:`forward_features` when every level ran); ``stop_early``
+        skips the levels after the last one taken.
+        """
+        _check_output_fmt(output_fmt)
+        take, last = feature_take_indices(len(self.levels), indices)
+        x = self.pos_drop(self.patch_embed(x))
+        stop = last if stop_early or intermediates_only else len(self.levels) - 1
+        intermediates = []
+        for i, level in enumerate(self.levels):
+            x = level.forward_blocks(x)
+            if i in take:
+                out = self._norm_intermediate(i, x) if norm else x
+                intermediates.append(
+                    out.permute(0, 3, 1, 2).contiguous() if output_fmt == "NCHW" else out
+                )
+            if i == stop:
+                break
+            if level.downsample is not None:
+                x = level.downsample(x)
+        if intermediates_only:
+            return intermediates
+        if stop == len(self.levels) - 1:
+            x = self._norm_final(x)
+        return x, intermediates
+
+
+class NAT(NATTrunk):
+    """NAT (and DiNAT, with ``dilations``) image classifier.
+
+    ``[B, in_chans, H, W]`` -> logits ``[B, num_classes]``, for any ``H, W``. The keywords are the
+    reference implementation's; ``dilations`` is a list per level of a list per layer (``None``:
+    all 1, i.e. NAT). ``kernel_size`` may also be given per level. ``global_pool`` is ``"avg"`` or
+    ``""`` (no pooling: :meth:`forward_head` returns per-token logits). :meth:`forward_features`
+    is channels-last (``output_fmt = "NHWC"``).
+    """
+
+    output_fmt = "NHWC"
+
+    def __init__(
+        self,
+        embed_dim: int,
+        mlp_ratio: float,
+        depths: Sequence[int],
+        num_heads: Sequence[int],
+        drop_path_rate: float = 0.2,
+        in_chans: int = 3,
+        kernel_size: int | Sequence[int] = 7,
+        dilations: Sequence[Sequence[int]] | None = None,
+        num_classes: int = 1000,
+        qkv_bias: bool = True,
+        qk_scale: float | None = None,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
+        layer_scale: float | None = None,
+        global_pool: str = "avg",
+    ) -> None:
+        _check_global_pool(global_pool)
+        super().__init__(
+            embed_dim, mlp_ratio, depths, num_heads, drop_path_rate, in_chans, kernel_size,
+            dilations, qkv_bias, qk_scale, drop_rate, attn_drop_rate, norm_layer, layer_scale,
+        )  # fmt: skip
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.num_features = self.head_hidden_size = embed_dim * 2 ** (self.num_levels - 1)
+        self.norm = norm_layer(self.num_features)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.feature_info = _feature_info(embed_dim, depths)
+        self.apply(_init_weights)
+
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
         return self.head
@@ -328,6 +441,37 @@ class NAT(nn.Module):
         self.num_classes = num_classes
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.head.apply(_init_weights)
+
+    def _norm_intermediate(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        # The final norm is sized for the last level only; earlier levels are returned as they are.
+        return self.norm(x) if index == self.num_levels - 1 else x
+
+    def _norm_final(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x)
+
+    def prune_intermediate_layers(
+        self,
+        indices: int | Sequence[int] = 1,
+        prune_norm: bool = False,
+        prune_head: bool = True,
+    ) -> list[int]:
+        """Drop what ``forward_intermediates(indices)`` does not need; returns the kept indices.
+
+        Levels after the last taken one go (with that level's downsample); the final norm goes
+        with ``prune_norm`` or when the last level goes; the head with ``prune_head`` or then too.
+        """
+        take, last = feature_take_indices(len(self.levels), indices)
+        prune_end = last < len(self.levels) - 1
+        if prune_norm or prune_end:
+            self.norm = nn.Identity()
+        if prune_end:
+            self.levels = self.levels[: last + 1]
+            self.levels[last].downsample = None
+            self.num_levels = last + 1
+            self.num_features = self.head_hidden_size = self.feature_info[last]["num_chs"]
+        if prune_head or prune_end:
+            self.reset_classifier(0, "")
+        return take
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, in_chans, H, W]`` -> normalised last-level tokens ``[B, H/2**(L+1), W/.., C]``."""
@@ -346,30 +490,23 @@ class NAT(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
-    def load_pretrained(self, checkpoint: str) -> None:
-        """timm's ``custom_load`` hook: load a checkpoint file or directory in any format."""
-        from .pretrained import load_pretrained
 
-        load_pretrained(self, checkpoint)
-
-
-def _check_global_pool(global_pool: str) -> None:
-    if global_pool not in ("avg", ""):
-        raise ValueError(f"global_pool={global_pool!r} must be 'avg' or '' (no pooling)")
-
-
-class NATBackbone(nn.Module):
+class NATBackbone(NATTrunk):
     """NAT/DiNAT as a detection/segmentation backbone (the mmdetection/mmsegmentation layout).
 
     ``[B, in_chans, H, W]`` -> a list with, for each ``i`` in ``out_indices``, the level-``i``
-    features before downsampling, normalised by ``norm{i}``, channels-first
-    ``[B, embed_dim * 2**i, ceil(H / 2**(i+2)), ceil(W / 2**(i+2))]``.
+    features before downsampling, normalised by ``norm{i}`` (built by ``norm_layer``, like every
+    other norm), channels-first
+    ``[B, embed_dim * 2**i, ceil(H / 2**(i+2)), ceil(W / 2**(i+2))]``: the trunk's
+    ``forward_intermediates(out_indices, norm=True, intermediates_only=True)``.
 
     ``feature_info`` (timm's ``FeatureInfo``: ``.channels()``, ``.reduction()``), ``out_channels``
     and ``strides`` describe the outputs, for FPN/UPerNet necks. ``frozen_stages``: -1 freezes
     nothing, 0 the stem (``patch_embed``), ``k >= 1`` the stem and levels ``0..k-1``; frozen parts
     stay in eval mode and have ``requires_grad=False``.
     """
+
+    output_fmt = "NCHW"
 
     def __init__(
         self,
@@ -387,30 +524,21 @@ class NATBackbone(nn.Module):
         qk_scale: float | None = None,
         drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
-        norm_layer: type[nn.Module] = nn.LayerNorm,
+        norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
         layer_scale: float | None = None,
     ) -> None:
-        super().__init__()
-        kernels, dilations = _check_architecture(
-            embed_dim, depths, num_heads, kernel_size, dilations
-        )
-        self.patch_embed = ConvTokenizer(in_chans, embed_dim, norm_layer)
-        self.pos_drop = nn.Dropout(drop_rate)
-        self.levels = _build_levels(
-            embed_dim, depths, num_heads, kernels, dilations, drop_path_rate, norm_layer,
-            mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_scale=qk_scale, drop=drop_rate,
-            attn_drop=attn_drop_rate, layer_scale=layer_scale,
+        super().__init__(
+            embed_dim, mlp_ratio, depths, num_heads, drop_path_rate, in_chans, kernel_size,
+            dilations, qkv_bias, qk_scale, drop_rate, attn_drop_rate, norm_layer, layer_scale,
         )  # fmt: skip
-        self._set_outputs(embed_dim, out_indices, norm_layer)
-        self.kernel_size = kernels
-        self.dilations = dilations
+        self.select_outputs(out_indices)
         self.apply(_init_weights)
         self.frozen_stages = _check_frozen_stages(frozen_stages, len(depths))
         self._freeze()
 
-    def _set_outputs(
-        self, embed_dim: int, out_indices: Sequence[int] | None, norm_layer: type[nn.Module]
-    ) -> None:
+    def select_outputs(self, out_indices: Sequence[int] | None) -> NATBackbone:
+        """Keep only the outputs (and ``norm{i}`` layers) of ``out_indices`` (``None``: all
+        levels); new ``norm{i}`` layers come from ``norm_layer``. Returns ``self``."""
         levels = len(self.levels)
         out_indices = tuple(range(levels)) if out_indices is None else tuple(out_indices)
         if not out_indices or any(
@@ -423,7 +551,7 @@ class NATBackbone(nn.Module):
         out_indices = tuple(sorted({i % levels for i in out_indices}))
         self.out_indices = out_indices
         depths = [len(level.blocks) for level in self.levels]
-        self.feature_info = FeatureInfo(_feature_info(embed_dim, depths), out_indices)
+        self.feature_info = FeatureInfo(_feature_info(self.embed_dim, depths), out_indices)
         self.out_channels = self.feature_info.channels()
         self.strides = self.feature_info.reduction()
         for i in range(levels):
@@ -431,12 +559,7 @@ class NATBackbone(nn.Module):
             if i not in out_indices and hasattr(self, name):
                 delattr(self, name)
             elif i in out_indices and not hasattr(self, name):
-                self.add_module(name, norm_layer(embed_dim * 2**i))
-
-    def select_outputs(self, out_indices: Sequence[int]) -> NATBackbone:
-        """Keep only the outputs (and ``norm{i}`` layers) of ``out_indices``; returns ``self``."""
-        embed_dim = self.patch_embed.proj[1].out_channels
-        self._set_outputs(embed_dim, out_indices, type(self.patch_embed.norm))
+                self.add_module(name, self.norm_layer(self.embed_dim * 2**i))
         return self
 
     def _frozen_modules(self) -> list[nn.Module]:
@@ -455,31 +578,21 @@ class NATBackbone(nn.Module):
         self._freeze()
         return self
 
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        return {name for name, _ in self.named_parameters() if name.endswith(".rpb")}
+    def _norm_intermediate(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        if index not in self.out_indices:
+            raise ValueError(
+                f"level {index} has no norm{index}: norm=True takes only out_indices="
+                f"{self.out_indices}"
+            )
+        return getattr(self, f"norm{index}")(x)
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for level in self.levels:
-            level.grad_checkpointing = enable
+    def _norm_final(self, x: torch.Tensor) -> torch.Tensor:
+        return x  # the backbone has no final norm: its outputs are the norm{i} of each level
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = self.pos_drop(self.patch_embed(x))
-        outs = []
-        for i, level in enumerate(self.levels[: self.out_indices[-1] + 1]):
-            features = level.forward_blocks(x)
-            if i in self.out_indices:
-                outs.append(getattr(self, f"norm{i}")(features).permute(0, 3, 1, 2).contiguous())
-            if level.downsample is not None:
-                x = level.downsample(features)
-        return outs
-
-    def load_pretrained(self, checkpoint: str) -> None:
-        """Load a checkpoint (backbone, or a classification one without its head) in any format."""
-        from .pretrained import load_pretrained
-
-        load_pretrained(self, checkpoint)
+        return self.forward_intermediates(
+            x, self.out_indices, norm=True, output_fmt="NCHW", intermediates_only=True
+        )
 
 
 def _check_frozen_stages(frozen_stages: int, levels: int) -> int:
@@ -502,29 +615,45 @@ def _select_features(model: NATBackbone, out_indices: Sequence[int], **_: Any) -
     return model.select_outputs(out_indices)
 
 
-def _create_nat(variant: str, pretrained: bool = False, **kwargs: Any) -> NAT | NATBackbone:
-    """timm's builder; ``features_only=True`` builds a :class:`NATBackbone` (mm* layout)."""
+_FEATURE_CLASSES = (None, "getter")
+"""``feature_cls`` values of ``features_only=True``: the mm* backbone (default), timm's getter."""
+
+
+def _create_nat(variant: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """timm's builder. ``features_only=True`` builds a :class:`NATBackbone` (mm* layout), or
+    with ``feature_cls="getter"`` timm's ``FeatureGetterNet`` around a pruned :class:`NAT`."""
     features_only = kwargs.get("features_only", False)
-    if "feature_cls" in kwargs:
+    feature_cls = kwargs.pop("feature_cls", None)
+    if feature_cls not in _FEATURE_CLASSES:
         raise ValueError(
-            f"feature_cls={kwargs['feature_cls']!r} is not supported: features_only=True builds a "
-            f"NATBackbone, whose outputs are the levels' normalised maps"
+            f"feature_cls={feature_cls!r} is not supported: leave it out for the NATBackbone "
+            f"(the levels' normalised maps) or pass 'getter' (timm's forward_intermediates)"
         )
+    if feature_cls is not None and not features_only:
+        raise ValueError(f"feature_cls={feature_cls!r} needs features_only=True")
+    backbone = features_only and feature_cls is None
     overlay = kwargs.get("pretrained_cfg_overlay") or {}
     if overlay.get("file"):
         # timm would read local files itself; ours also reads directories and names every mismatch.
         kwargs["pretrained_cfg_overlay"] = {"custom_load": True, **overlay}
-    return build_model_with_cfg(
-        NATBackbone if features_only else NAT,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(
-            feature_cls=_select_features, out_indices=tuple(range(len(kwargs["depths"])))
-        ),
-        kwargs_filter=("num_classes", "global_pool") if features_only else None,
-        **kwargs,
+    levels = tuple(range(len(kwargs["depths"])))
+    feature_cfg = dict(
+        feature_cls=_select_features if backbone else feature_cls, out_indices=levels
     )
+    try:
+        return build_model_with_cfg(
+            NATBackbone if backbone else NAT,
+            variant,
+            pretrained,
+            pretrained_filter_fn=checkpoint_filter_fn,
+            feature_cfg=feature_cfg,
+            kwargs_filter=("num_classes", "global_pool") if backbone else None,
+            **kwargs,
+        )
+    except (URLError, HTTPException, ConnectionError, TimeoutError) as err:
+        from .pretrained import PretrainedDownloadError
+
+        raise PretrainedDownloadError.for_variant(variant, kwargs, err) from None
 
 
 def _cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:

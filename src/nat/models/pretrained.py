@@ -3,7 +3,9 @@
 :func:`load_pretrained` takes any format :mod:`.formats` reads, adapts the usual differences the
 way timm does (another ``num_classes`` drops the head with a warning; another ``in_chans`` adapts
 the first convolution; a classification checkpoint feeds a backbone without its ``norm``/``head``)
-and otherwise checks strictly, naming every missing or unexpected key and shape mismatch.
+and otherwise checks strictly (:func:`load_state_dict_strict`): a missing or unexpected key or a
+shape mismatch raises one line of :class:`~nat.files.CheckpointError` with the counts and first
+examples. A failed download of published weights raises :class:`PretrainedDownloadError`.
 """
 
 from __future__ import annotations
@@ -22,17 +24,19 @@ import torch
 from timm.models import adapt_input_conv
 from torch import nn
 
+from ..files import CheckpointError
 from . import formats
 from .nat import NAT, NATBackbone
 
 __all__ = [
-    "CheckpointMismatchError",
     "LoadResult",
+    "PretrainedDownloadError",
     "convert_checkpoint",
     "fit_state_dict",
     "identify_variant",
     "load_model",
     "load_pretrained",
+    "load_state_dict_strict",
     "model_args",
 ]
 
@@ -41,7 +45,9 @@ _logger = logging.getLogger(__name__)
 _BACKBONE_NORM = re.compile(r"^norm\d+\.")
 _CLASSIFIER_ONLY = ("norm.", "head.")
 _FIRST_CONV = "patch_embed.proj.0.weight"
-_SHOWN = 12
+_SHOWN = 5
+LAYOUTS = ("original", "hf")
+"""The layouts :func:`convert_checkpoint` writes."""
 
 
 def _variants() -> list[str]:
@@ -67,8 +73,61 @@ def _differences(
     return missing, unexpected, mismatched
 
 
-class CheckpointMismatchError(ValueError):
-    """The checkpoint's keys or shapes do not fit the model (every difference is named)."""
+class PretrainedDownloadError(RuntimeError):
+    """Published weights could not be downloaded (no network, a refused or broken transfer)."""
+
+    @classmethod
+    def for_variant(
+        cls, variant: str, model_kwargs: Mapping[str, Any], err: BaseException
+    ) -> PretrainedDownloadError:
+        """The one-line error for ``timm.create_model(variant, pretrained=True, **kwargs)``."""
+        cfg = timm.models.resolve_pretrained_cfg(
+            variant,
+            pretrained_cfg=model_kwargs.get("pretrained_cfg"),
+            pretrained_cfg_overlay=model_kwargs.get("pretrained_cfg_overlay"),
+        )
+        where = cfg.url or cfg.hf_hub_id or "its pretrained source"
+        reason = getattr(err, "reason", None) or err
+        name = Path(cfg.url).name if cfg.url else f"{variant}.pth"
+        return cls(
+            f"pretrained weights for {variant} could not be downloaded from {where} ({reason}); "
+            f"without network, fetch the file elsewhere and pass it with "
+            f"pretrained_cfg_overlay=dict(file='/path/to/{name}')"
+        )
+
+
+def load_state_dict_strict(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str
+) -> None:
+    """Load ``state_dict`` into ``model`` if its keys and shapes are exactly the model's.
+
+    Otherwise raise one line of :class:`~nat.files.CheckpointError` naming ``source``, the
+    counts of shape mismatches, missing and unexpected keys and their first examples, and, when
+    the classifier (``pretrained_cfg["classifier"]``, default ``head``) differs, the number of
+    classes in the checkpoint.
+    """
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing, unexpected, mismatched = _differences(state_dict, expected)
+    if missing or unexpected or mismatched:
+        report = _mismatch_report(missing, unexpected, mismatched, state_dict, expected)
+        classes = _classifier_mismatch(model, state_dict, [*missing, *unexpected, *mismatched])
+        if classes is not None:
+            report += f"; num_classes mismatch: the checkpoint has {classes} classes"
+        raise CheckpointError(f"{source} does not fit {type(model).__name__}: {report}")
+    model.load_state_dict(state_dict, strict=True)
+
+
+def _classifier_mismatch(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], differing: list[str]
+) -> int | None:
+    """The checkpoint's number of classes when a classifier key is among ``differing``."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    classifiers = cfg.get("classifier", "head")
+    for name in [classifiers] if isinstance(classifiers, str) else classifiers:
+        weight = state_dict.get(f"{name}.weight")
+        if weight is not None and any(k.startswith(f"{name}.") for k in differing):
+            return int(weight.shape[0])
+    return None
 
 
 @dataclass
@@ -89,25 +148,37 @@ def load_pretrained(
     Formats: original ``.pth``; ``state_dict``/``model``/``state_dict_ema`` wrappers; mm*
     (``backbone.``); Hugging Face NAT/DiNAT (files or hub directories); safetensors. Files are
     read with ``weights_only=True``. With ``strict``, any other difference raises
-    :class:`CheckpointMismatchError`; without, it is skipped with a warning.
+    :class:`~nat.files.CheckpointError` (see :func:`load_state_dict_strict`); without, it is
+    skipped with a warning.
     """
     if isinstance(checkpoint, Mapping):
-        state_dict, config = formats.to_original(checkpoint), None
+        state_dict, config, source = formats.to_original(checkpoint), None, "state dict"
     else:
         ckpt = formats.read_checkpoint(checkpoint)
         state_dict, config = formats.to_original(ckpt.state_dict), ckpt.config
+        source = f"checkpoint={str(checkpoint)!r}"
     if config is not None:
         _check_config(model, config)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    return _load_adapted(model, state_dict, source, strict)
+
+
+def _load_adapted(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str, strict: bool
+) -> LoadResult:
+    """:func:`load_pretrained` once the checkpoint is read: adapt, then load."""
+    current = model.state_dict()
+    expected = {k: tuple(v.shape) for k, v in current.items()}
     state_dict, allowed_missing = _adapt(model, dict(state_dict), expected)
+    left_out = [k for k in expected if k not in state_dict]
+    if strict:
+        # Keys the adaptations may leave out keep the model's values; anything else must fit.
+        kept = {k: current[k] for k in allowed_missing if k not in state_dict}
+        load_state_dict_strict(model, {**state_dict, **kept}, source)
+        return LoadResult(missing_keys=left_out)
 
     missing, unexpected, mismatched = _differences(state_dict, expected, allowed_missing)
     if missing or unexpected or mismatched:
         report = _mismatch_report(missing, unexpected, mismatched, state_dict, expected)
-        if strict:
-            raise CheckpointMismatchError(
-                f"checkpoint does not fit {type(model).__name__}: {report}"
-            )
         warnings.warn(f"loading non-strictly, skipped: {report}", stacklevel=2)
         for key in (*unexpected, *mismatched):
             state_dict.pop(key)
@@ -287,7 +358,9 @@ def identify_variant(state_dict: Mapping[str, torch.Tensor], hint: str | None = 
     wanted = _signature(state_dict)
     fits = [n for n in _variants() if _variant_signature(n) == wanted]
     if not fits:
-        raise ValueError("the checkpoint matches no registered NAT/DiNAT variant; pass --model")
+        raise CheckpointError(
+            "the checkpoint matches no registered NAT/DiNAT variant; pass --model / model="
+        )
     if len(fits) == 1:
         return fits[0]
     if hint is not None:
@@ -357,7 +430,7 @@ def load_model(
     built = _build(args, backbone)
     if name is not None and not backbone and name in _variants():
         built.pretrained_cfg = timm.models.get_pretrained_cfg(name).to_dict()
-    load_pretrained(built, {"state_dict": state_dict}, strict=True)
+    _load_adapted(built, state_dict, f"checkpoint={str(checkpoint)!r}", strict=True)
     return built.eval()
 
 
@@ -374,8 +447,8 @@ def convert_checkpoint(
     ``destination`` is a directory receiving ``model.safetensors`` and a transformers
     ``config.json``. The weights are checked against the architecture before anything is written.
     """
-    if layout not in ("original", "hf"):
-        raise ValueError(f"layout={layout!r} must be 'original' or 'hf'")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout={layout!r} must be one of {', '.join(map(repr, LAYOUTS))}")
     source = Path(source)
     ckpt = formats.read_checkpoint(source)
     state_dict = formats.to_original(ckpt.state_dict)
@@ -391,24 +464,31 @@ def convert_checkpoint(
     missing, unexpected, mismatched = _differences(state_dict, expected)
     if missing or unexpected or mismatched:
         report = _mismatch_report(missing, unexpected, mismatched, state_dict, expected)
-        raise CheckpointMismatchError(f"{source} does not fit {name or 'its config'}: {report}")
+        raise CheckpointError(
+            f"checkpoint={str(source)!r} does not fit {name or 'its config'}: {report}"
+        )
     state_dict = {k: state_dict[k] for k in expected}
     destination = Path(destination)
-    if layout == "hf":
-        if backbone:
-            raise ValueError(
-                f"{source} is a backbone checkpoint; the Hugging Face layout holds classifiers "
-                f"only (use --to original)"
-            )
-        return formats.write_hf(state_dict, destination, args)
-    if destination.is_dir() or destination.suffix == "":
+    if layout == "hf" and backbone:
+        raise ValueError(
+            f"{source} is a backbone checkpoint; the Hugging Face layout holds classifiers "
+            f"only (use --to original)"
+        )
+    if layout == "original" and (destination.is_dir() or destination.suffix == ""):
         destination = (
             destination / f"{source.stem if source.is_file() else source.name}.safetensors"
         )
-    config = {
-        "format": formats.SIDECAR_FORMAT,
-        "architecture": name,
-        "backbone": backbone,
-        "model_args": args,
-    }
-    return formats.write_original(state_dict, destination, config)
+    try:
+        if layout == "hf":
+            return formats.write_hf(state_dict, destination, args)
+        config = {
+            "format": formats.SIDECAR_FORMAT,
+            "architecture": name,
+            "backbone": backbone,
+            "model_args": args,
+        }
+        return formats.write_original(state_dict, destination, config)
+    except OSError as err:
+        raise OSError(
+            f"destination={str(destination)!r} cannot be written ({err.strerror or err})"
+        ) from None
