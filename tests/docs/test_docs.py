@@ -190,3 +190,10 @@ def test_block_runs(where, lang, text, workdir):
             assert done.returncode == 0, f"{small}\n{done.stderr[-3000:]}"
         else:
             assert done.returncode != 0 and failure in done.stderr, done.stderr[-3000:]
+
+
+def test_relative_links_point_at_files():
+    link = re.compile(r"\]\(([^)#:]+)\)")
+    for doc in DOCS:
+        for target in link.findall(doc.read_text()):
+            assert (doc.parent / target).exists(), f"{doc.name} links to missing {target}"

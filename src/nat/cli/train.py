@@ -134,17 +134,19 @@ def _train(args: argparse.Namespace) -> int:
     overrides.update(
         model_ema=args.model_ema, pretrained=args.pretrained, skip_bad_images=args.skip_bad_images
     )
-    overrides.update(_parse_sets(args.set))
+    # unset flags (None) keep the recipe's value; --set KEY=null sets None
     overrides = {k: v for k, v in overrides.items() if v is not None}
+    overrides.update(_parse_sets(args.set))
     if args.resume and args.config is None:
         saved = load_checkpoint(args.resume).get("config")
         if saved is None:
             raise CLIError(f"{args.resume} is not a training checkpoint; cannot resume")
-        config = TrainConfig.from_dict(saved).replace(**overrides)
+        config = TrainConfig.from_dict(saved)
     elif args.config is None and overrides.get("data", DIGITS) != DIGITS:
-        config = TrainConfig().replace(**overrides)
+        config = TrainConfig()
     else:
-        config = load_config(args.config or DIGITS, **overrides)
+        config = load_config(args.config or DIGITS)
+    config = config.replace(**overrides)
     result = train(config, resume=args.resume, progress=not args.no_progress)
     if not result.is_main:  # under torchrun the summary is rank 0's to print
         return 0

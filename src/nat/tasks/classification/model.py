@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import timm
-import torch
 from torch import nn
 
 from ... import models
@@ -74,17 +73,12 @@ def load_classifier_weights(
             raise CheckpointError(
                 f"checkpoint {str(checkpoint)!r} holds a {trained} model, not {model_name}"
             )
-        _load_strict(model, state["model"], checkpoint)
+        models.load_state_dict_strict(model, state["model"], f"checkpoint {str(checkpoint)!r}")
     elif isinstance(model, models.NAT):
-        try:
-            models.load_pretrained(model, checkpoint)
-        except models.CheckpointMismatchError as err:
-            raise CheckpointError(
-                f"checkpoint {str(checkpoint)!r} does not fit {model_name or 'the model'}: "
-                f"{str(err).strip().splitlines()[0][:400]}"
-            ) from None
+        models.load_pretrained(model, checkpoint)
     else:
-        _load_strict(model, state.get("state_dict", state.get("model", state)), checkpoint)
+        weights = state.get("state_dict", state.get("model", state))
+        models.load_state_dict_strict(model, weights, f"checkpoint {str(checkpoint)!r}")
     return state
 
 
@@ -136,32 +130,3 @@ def load_classifier(
     if not ours:
         return LoadedClassifier(model)
     return LoadedClassifier(model, list(state["classes"]), dict(state.get("data_config") or {}))
-
-
-def _load_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: Any) -> None:
-    own = model.state_dict()
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    shapes = [
-        (k, tuple(state_dict[k].shape), tuple(v.shape))
-        for k, v in own.items()
-        if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
-    ]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing key(s) (e.g. {missing[0]})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s) (e.g. {unexpected[0]})")
-    if shapes:
-        key, theirs, ours = shapes[0]
-        problems.append(
-            f"{key} has shape {list(theirs)} in the checkpoint, {list(ours)} in the model"
-        )
-        classifier = (getattr(model, "pretrained_cfg", None) or {}).get("classifier", "head")
-        if key.startswith(f"{classifier}."):
-            problems.append(f"num_classes mismatch: the checkpoint has {theirs[0]} classes")
-    if problems:
-        raise CheckpointError(
-            f"checkpoint {str(source)!r} does not fit the model: " + "; ".join(problems)
-        )
-    model.load_state_dict(state_dict, strict=True)
