@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from nat.cli import main
+from nat.tasks.classification import TrainConfig
 
 from ...data.folders import corrupt, make_image_folder, make_split_folder
 from .conftest import TINY
@@ -178,3 +179,11 @@ def test_a_second_run_on_the_same_output_is_refused(folder, tmp_path, capsys):
         holder.stdin.close()
         holder.wait(timeout=60)
     assert f"output directory '{out}' is in use by another training run (pid {holder.pid})" in err
+
+
+def test_data_without_a_recipe_gets_the_default_settings_not_the_digits_recipe(folder, tmp_path):
+    out = tmp_path / "run"
+    assert main(_train_args(folder, out, "--epochs", "1")) == 0
+    config = torch.load(out / "last.pt", weights_only=True)["config"]
+    defaults = TrainConfig()
+    assert (config["threads"], config["min_lr"]) == (defaults.threads, defaults.min_lr)
