@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from ..data import DIGITS, INTERPOLATIONS
+from ..data import DIGITS, INTERPOLATIONS, is_digits
 from . import CLIError, fraction, non_negative_int, positive_int
 
 __all__ = ["register"]
@@ -142,7 +142,7 @@ def _train(args: argparse.Namespace) -> int:
         if saved is None:
             raise CLIError(f"{args.resume} is not a training checkpoint; cannot resume")
         config = TrainConfig.from_dict(saved)
-    elif args.config is None and overrides.get("data", DIGITS) != DIGITS:
+    elif args.config is None and not is_digits(overrides.get("data"), overrides.get("dataset", "")):
         config = TrainConfig()
     else:
         config = load_config(args.config or DIGITS)

@@ -1,6 +1,12 @@
 """Datasets and transforms for classification: the embedded digits, image folders, timm datasets."""
 
-from .datasets import DIGITS, check_classes, create_classification_dataset, dataset_classes
+from .datasets import (
+    DIGITS,
+    check_classes,
+    create_classification_dataset,
+    dataset_classes,
+    is_digits,
+)
 from .digits import DIGITS_CLASSES, DigitsDataset
 from .images import (
     BAD_IMAGE_POLICIES,
@@ -26,4 +32,5 @@ __all__ = [
     "dataset_classes",
     "decode_image",
     "drop_skipped",
+    "is_digits",
 ]

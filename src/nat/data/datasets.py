@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -11,11 +12,22 @@ from torch.utils.data import Dataset
 from .digits import DigitsDataset
 from .images import ImageFolderDataset
 
-__all__ = ["DIGITS", "check_classes", "create_classification_dataset", "dataset_classes"]
+__all__ = [
+    "DIGITS",
+    "check_classes",
+    "create_classification_dataset",
+    "dataset_classes",
+    "is_digits",
+]
 
 DIGITS = "digits"
 
 _SPLIT_DIRS = {"train": ("train",), "val": ("val", "validation", "test")}
+
+
+def is_digits(data: str | os.PathLike[str] | None, dataset: str = "") -> bool:
+    """Whether ``data`` (with ``dataset``) names the embedded digits: no data, or ``"digits"``."""
+    return data is None or (str(data) == DIGITS and not dataset)
 
 
 def create_classification_dataset(
@@ -45,7 +57,7 @@ def create_classification_dataset(
     """
     if split not in _SPLIT_DIRS:
         raise ValueError(f"split={split!r} must be 'train' or 'val'")
-    if data is None or (str(data) == DIGITS and not dataset):
+    if is_digits(data, dataset):
         return DigitsDataset(split, image_size=image_size, transform=transform)
     if dataset:
         from timm.data import create_dataset

@@ -11,7 +11,13 @@ from timm.data import resolve_data_config
 from torch import nn
 from torch.utils.data import Dataset
 
-from ...data import DIGITS, DIGITS_CLASSES, create_classification_dataset, dataset_classes
+from ...data import (
+    DIGITS,
+    DIGITS_CLASSES,
+    create_classification_dataset,
+    dataset_classes,
+    is_digits,
+)
 
 __all__ = ["ImageSplit", "data_config_for"]
 
@@ -56,7 +62,7 @@ class ImageSplit:
         self.data, self.split = data, split
         self.name = str(data) if data is not None else DIGITS
         self._images: Dataset | None = None
-        if data is None or (str(data) == DIGITS and not dataset):
+        if is_digits(data, dataset):
             self.classes: list[str] | None = list(DIGITS_CLASSES)
         else:
             self._images = create_classification_dataset(
