@@ -41,7 +41,7 @@ def backward_args() -> dict:
     grad_out = torch.randn_like(out)
     return dict(
         dout=grad_out, q=q, k=k, v=v, rpb=rpb, out=out, lse=lse, nbr=nbr, bidx=bidx, valid=valid
-    ) | {"scale": scale}
+    ) | {"dlse": torch.randn_like(lse), "scale": scale}
 
 
 def test_valid_arguments_run():
@@ -114,6 +114,17 @@ BACKWARD_CASES = {
     ),
     "rpb expanded over heads": ("rpb", lambda t: t[:1].expand(H, -1), r"rpb has strides \[0, 1\]"),
     "neighbour beyond the input": ("nbr", lambda t: t + 1, r"nbr has entries in \[1, 30\]"),
+    "dlse in float64": ("dlse", lambda t: t.double(), r"dlse has dtype Double"),
+    "dlse transposed": (
+        "dlse",
+        lambda t: t.transpose(1, 2).contiguous().transpose(1, 2),
+        r"dlse has strides",
+    ),
+    "key heads not dividing query heads": (
+        "k",
+        lambda t: torch.randn(B, N, 3, D),
+        r"key has 3 heads; query's 2 heads must be a multiple of it",
+    ),
 }
 
 

@@ -114,7 +114,11 @@ def na_forward(
     params: NAParams,
     need_lse: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Output ``[B, *spatial, heads, Dv]`` and log-sum-exp ``[B, heads, N]`` (float32+)."""
+    """Output ``[B, *spatial, heads, Dv]`` and log-sum-exp ``[B, heads, N]`` (float32+).
+
+    Key and value may have fewer heads than the query (grouped-query attention): the kernel maps
+    query head ``h`` to key/value head ``h // (heads // heads_kv)``.
+    """
     spatial = tuple(query.shape[1:-2])
     if covers_input(spatial, params):  # every window is the whole input: GEMMs win
         return dense_forward(query, key, value, rpb, params, need_lse)
@@ -141,11 +145,15 @@ def na_backward(
     out: torch.Tensor,
     lse: torch.Tensor,
     params: NAParams,
+    grad_lse: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Gradients for query, key, value and rpb (``None`` without rpb)."""
+    """Gradients for query, key, value and rpb (``None`` without rpb).
+
+    ``grad_lse`` ``[B, heads, N]`` is the gradient reaching the log-sum-exp, if any.
+    """
     spatial = tuple(query.shape[1:-2])
     if covers_input(spatial, params):
-        return dense_backward(grad_out, query, key, value, rpb, out, lse, params)
+        return dense_backward(grad_out, query, key, value, rpb, out, lse, params, grad_lse)
     nbr, valid, bias_idx = neighbor_table(spatial, params, query.device)
     dq, dk, dv, drpb = load().na_backward(
         _rows(grad_out).contiguous(),
@@ -158,6 +166,7 @@ def na_backward(
         nbr,
         bias_idx,
         valid,
+        None if grad_lse is None else grad_lse.to(lse.dtype).contiguous(),
         params.scale,
     )
     return (

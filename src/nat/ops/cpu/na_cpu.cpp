@@ -1,6 +1,8 @@
 // Fused neighborhood attention for CPUs: forward and backward over a precomputed neighbour table.
 //
-// Layouts: query/key [B, N, heads, D], value [B, N, heads, Dv] (spatial axes flattened), read
+// Layouts: query [B, N, heads, D], key [B, N, heads_kv, D], value [B, N, heads_kv, Dv] (spatial
+// axes flattened; grouped-query attention when heads_kv < heads: query head h reads key/value
+// head h / (heads / heads_kv), nothing is repeated), read
 // through their strides, whatever they are, as long as the last axis is contiguous (q, k, v are
 // often slices of a packed qkv projection). Everything else is contiguous: neighbour table nbr
 // [N, P] and RPB index table bidx [N, P] (int32), valid [N, P] (bool, only for causal windows),
@@ -57,7 +59,8 @@ void forward_kernel(
     const scalar_t* q, const scalar_t* k, const scalar_t* v, Strides qs, Strides ks, Strides vs,
     const scalar_t* rpb,
     const int32_t* nbr, const int32_t* bidx, const bool* valid, scalar_t* out, acc_t* lse,
-    int64_t B, int64_t N, int64_t H, int64_t D_, int64_t Dv_, int64_t P, int64_t R, acc_t scale) {
+    int64_t B, int64_t N, int64_t H, int64_t G, int64_t D_, int64_t Dv_, int64_t P, int64_t R,
+    acc_t scale) {
   const int64_t D = kD > 0 ? kD : D_;
   const int64_t Dv = kDv > 0 ? kDv : Dv_;
   constexpr int64_t kBlock = 32;
@@ -72,8 +75,8 @@ void forward_kernel(
       const int64_t block = work % blocks;
       const int64_t h = (work / blocks) % H;
       const int64_t b = work / (blocks * H);
-      const scalar_t* kb = k + b * ks.b + h * ks.h;
-      const scalar_t* vb = v + b * vs.b + h * vs.h;
+      const scalar_t* kb = k + b * ks.b + (h / G) * ks.h;
+      const scalar_t* vb = v + b * vs.b + (h / G) * vs.h;
       const scalar_t* bias = rpb ? rpb + h * R : nullptr;
       const int64_t n_end = std::min(N, (block + 1) * kBlock);
       for (int64_t n = block * kBlock; n < n_end; ++n) {
@@ -124,8 +127,9 @@ template <typename scalar_t, typename acc_t>
 void backward_kernel(
     const scalar_t* dout, const scalar_t* q, const scalar_t* k, const scalar_t* v, Strides qs,
     Strides ks, Strides vs, const scalar_t* rpb, const scalar_t* out, const acc_t* lse, const int32_t* nbr,
-    const int32_t* bidx, const bool* valid, acc_t* dq, acc_t* dk, acc_t* dv, acc_t* drpb,
-    int64_t B, int64_t N, int64_t H, int64_t D, int64_t Dv, int64_t P, int64_t R, acc_t scale) {
+    const int32_t* bidx, const bool* valid, const acc_t* dlse, acc_t* dq, acc_t* dk, acc_t* dv,
+    acc_t* drpb, int64_t B, int64_t N, int64_t H, int64_t G, int64_t D, int64_t Dv, int64_t P,
+    int64_t R, acc_t scale) {
   // One (batch, head) slice per task: the scatter into dk/dv/drpb stays inside the slice.
   // Gradients are head-major [B, heads, N, D] (see backward_f32).
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
@@ -149,6 +153,8 @@ void backward_kernel(
           dov[d] = static_cast<acc_t>(dop[d]);
           delta += dov[d] * static_cast<acc_t>(op[d]);
         }
+        // A gradient reaching the log-sum-exp adds dlse * P to dS: fold it into delta.
+        if (dlse) delta -= dlse[(b * H + h) * N + n];
         for (int64_t d = 0; d < D; ++d) qv[d] = static_cast<acc_t>(qp[d]) * scale;
         const int32_t* nb = nbr + n * P;
         const bool* ok = valid ? valid + n * P : nullptr;
@@ -156,8 +162,8 @@ void backward_kernel(
         acc_t* dqp = dq_slice + n * D;
         for (int64_t p = 0; p < P; ++p) {
           if (ok && !ok[p]) continue;
-          const scalar_t* kp = k + b * ks.b + h * ks.h + static_cast<int64_t>(nb[p]) * ks.n;
-          const scalar_t* vp = v + b * vs.b + h * vs.h + static_cast<int64_t>(nb[p]) * vs.n;
+          const scalar_t* kp = k + b * ks.b + (h / G) * ks.h + static_cast<int64_t>(nb[p]) * ks.n;
+          const scalar_t* vp = v + b * vs.b + (h / G) * vs.h + static_cast<int64_t>(nb[p]) * vs.n;
           acc_t dot = 0, dp = 0;
 #pragma omp simd reduction(+ : dot)
           for (int64_t d = 0; d < D; ++d) dot += qv[d] * static_cast<acc_t>(kp[d]);
@@ -254,7 +260,7 @@ void forward_f32(
     const float* q, const float* k, const float* v, Strides qs, Strides ks, Strides vs,
     const float* rpb, const int32_t* nbr,
     const int32_t* bidx, const bool* valid, float* out, float* lse, int64_t B, int64_t N,
-    int64_t H, int64_t P, int64_t R, float scale) {
+    int64_t H, int64_t G, int64_t P, int64_t R, float scale) {
   constexpr int64_t D = 16 * ND, Dv = 16 * NDV, kBlock = 32;
   const int64_t blocks = (N + kBlock - 1) / kBlock;
   const int64_t padded = (P + 15) / 16 * 16;
@@ -265,8 +271,8 @@ void forward_f32(
       const int64_t block = work % blocks;
       const int64_t h = (work / blocks) % H;
       const int64_t b = work / (blocks * H);
-      const float* kb = k + b * ks.b + h * ks.h;
-      const float* vb = v + b * vs.b + h * vs.h;
+      const float* kb = k + b * ks.b + (h / G) * ks.h;
+      const float* vb = v + b * vs.b + (h / G) * vs.h;
       const float* bias = rpb ? rpb + h * R : nullptr;
       const int64_t n_end = std::min(N, (block + 1) * kBlock);
       for (int64_t n = block * kBlock; n < n_end; ++n) {
@@ -322,8 +328,8 @@ void backward_f32(
     const float* dout, const float* q, const float* k, const float* v, Strides qs, Strides ks,
     Strides vs, const float* rpb,
     const float* out, const float* lse, const int32_t* nbr, const int32_t* bidx,
-    const bool* valid, float* dq, float* dk, float* dv, float* drpb, int64_t B, int64_t N,
-    int64_t H, int64_t P, int64_t R, float scale) {
+    const bool* valid, const float* dlse, float* dq, float* dk, float* dv, float* drpb, int64_t B,
+    int64_t N, int64_t H, int64_t G, int64_t P, int64_t R, float scale) {
   constexpr int64_t D = 16 * ND, Dv = 16 * NDV;
   const int64_t padded = (P + 15) / 16 * 16;
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
@@ -349,7 +355,8 @@ void backward_f32(
           dov[j] = load16(dout + v_base + row * Dv + 16 * j);
           dacc += dov[j] * load16(out + v_base + row * Dv + 16 * j);
         }
-        const float delta = hsum16(dacc);
+        // A gradient reaching the log-sum-exp adds dlse * P to dS: fold it into delta.
+        const float delta = hsum16(dacc) - (dlse ? dlse[(b * H + h) * N + n] : 0.0f);
         const float* qp = q + b * qs.b + n * qs.n + h * qs.h;
         for (int j = 0; j < ND; ++j) qv[j] = load16(qp + 16 * j) * scale;
         const int32_t* nb = nbr + n * P;
@@ -357,13 +364,13 @@ void backward_f32(
         const bool* ok = valid ? valid + n * P : nullptr;
         // 1. logits and dP = dO . V for every neighbour.
         auto logit = [&](int64_t p) {
-          const float* kp = k + b * ks.b + h * ks.h + static_cast<int64_t>(nb[p]) * ks.n;
+          const float* kp = k + b * ks.b + (h / G) * ks.h + static_cast<int64_t>(nb[p]) * ks.n;
           vf16 acc = qv[0] * load16(kp);
           for (int j = 1; j < ND; ++j) acc += qv[j] * load16(kp + 16 * j);
           return acc;
         };
         auto dprob = [&](int64_t p) {
-          const float* vp = v + b * vs.b + h * vs.h + static_cast<int64_t>(nb[p]) * vs.n;
+          const float* vp = v + b * vs.b + (h / G) * vs.h + static_cast<int64_t>(nb[p]) * vs.n;
           vf16 acc = dov[0] * load16(vp);
           for (int j = 1; j < NDV; ++j) acc += dov[j] * load16(vp + 16 * j);
           return acc;
@@ -397,7 +404,7 @@ void backward_f32(
         }
         // 3. scatter into dK, dV (and dRPB); gather into dQ.
         for (int64_t p = 0; p < P; ++p) {
-          const float* kp = k + b * ks.b + h * ks.h + static_cast<int64_t>(nb[p]) * ks.n;
+          const float* kp = k + b * ks.b + (h / G) * ks.h + static_cast<int64_t>(nb[p]) * ks.n;
           float* dkp = dk_slice + static_cast<int64_t>(nb[p]) * D;
           float* dvp = dv_slice + static_cast<int64_t>(nb[p]) * Dv;
           const float ds = dp[p], prob = s[p];
@@ -472,11 +479,15 @@ int64_t check_inputs(const torch::Tensor& q, const torch::Tensor& k, const torch
                      const torch::Tensor& bidx, const c10::optional<torch::Tensor>& valid) {
   TORCH_CHECK(q.dim() == 4, "query has shape ", q.sizes(), "; expected [B, N, heads, D]");
   TORCH_CHECK(v.dim() == 4, "value has shape ", v.sizes(), "; expected [B, N, heads, Dv]");
+  TORCH_CHECK(k.dim() == 4, "key has shape ", k.sizes(), "; expected [B, N, heads_kv, D]");
   const int64_t B = q.size(0), N = q.size(1), H = q.size(2), D = q.size(3), Dv = v.size(3);
+  const int64_t Hkv = k.size(2);
+  TORCH_CHECK(Hkv == H || (Hkv >= 1 && H % Hkv == 0), "key has ", Hkv, " heads; query's ", H,
+              " heads must be a multiple of it");
   const auto dtype = q.scalar_type();
   check_rows("query", q, {B, N, H, D}, dtype);
-  check_rows("key", k, {B, N, H, D}, dtype);
-  check_rows("value", v, {B, N, H, Dv}, dtype);
+  check_rows("key", k, {B, N, Hkv, D}, dtype);
+  check_rows("value", v, {B, N, Hkv, Dv}, dtype);
   TORCH_CHECK(nbr.dim() == 2, "nbr has shape ", nbr.sizes(), "; expected [N, P]");
   const int64_t P = nbr.size(1);
   check_table("nbr", nbr, N, P, N);
@@ -496,6 +507,7 @@ std::vector<torch::Tensor> na_forward(
     torch::Tensor nbr, torch::Tensor bidx, c10::optional<torch::Tensor> valid, double scale) {
   const int64_t P = check_inputs(q, k, v, rpb, nbr, bidx, valid);
   const int64_t B = q.size(0), N = q.size(1), H = q.size(2), D = q.size(3), Dv = v.size(3);
+  const int64_t G = k.size(2) ? H / k.size(2) : 1;
   const Strides qs = strides(q), ks = strides(k), vs = strides(v);
   const int64_t R = rpb ? rpb->size(1) : 0;
   auto out = torch::empty({B, N, H, Dv}, v.options());
@@ -507,7 +519,7 @@ std::vector<torch::Tensor> na_forward(
             q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(), qs, ks, vs,
             rpb ? rpb->data_ptr<float>() : nullptr, table_ptr(nbr), table_ptr(bidx),
             valid ? valid->data_ptr<bool>() : nullptr, out.data_ptr<float>(),
-            lse.data_ptr<float>(), B, N, H, P, R, static_cast<float>(scale));
+            lse.data_ptr<float>(), B, N, H, G, P, R, static_cast<float>(scale));
         return true;
       })) {
     return {out, lse};
@@ -518,7 +530,7 @@ std::vector<torch::Tensor> na_forward(
       kernel(q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), qs, ks, vs,
              rpb ? rpb->data_ptr<scalar_t>() : nullptr, table_ptr(nbr), table_ptr(bidx),
              valid ? valid->data_ptr<bool>() : nullptr, out.data_ptr<scalar_t>(),
-             lse.data_ptr<acc_t>(), B, N, H, D, Dv, P, R, static_cast<acc_t>(scale));
+             lse.data_ptr<acc_t>(), B, N, H, G, D, Dv, P, R, static_cast<acc_t>(scale));
     };
     if (D == 32 && Dv == 32) {
       run(forward_kernel<scalar_t, acc_t, 32, 32>);
@@ -536,19 +548,23 @@ std::vector<torch::Tensor> na_forward(
 std::vector<torch::Tensor> na_backward(
     torch::Tensor dout, torch::Tensor q, torch::Tensor k, torch::Tensor v,
     c10::optional<torch::Tensor> rpb, torch::Tensor out, torch::Tensor lse, torch::Tensor nbr,
-    torch::Tensor bidx, c10::optional<torch::Tensor> valid, double scale) {
+    torch::Tensor bidx, c10::optional<torch::Tensor> valid, c10::optional<torch::Tensor> dlse,
+    double scale) {
   const int64_t P = check_inputs(q, k, v, rpb, nbr, bidx, valid);
   const int64_t B = q.size(0), N = q.size(1), H = q.size(2), D = q.size(3), Dv = v.size(3);
+  const int64_t Hkv = k.size(2), G = Hkv ? H / Hkv : 1;
   const Strides qs = strides(q), ks = strides(k), vs = strides(v);
   const int64_t R = rpb ? rpb->size(1) : 0;
   const auto acc_type = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   check_dense("grad_out", dout, {B, N, H, Dv}, q.scalar_type());
   check_dense("out", out, {B, N, H, Dv}, q.scalar_type());
   check_dense("lse", lse, {B, H, N}, acc_type);
+  if (dlse) check_dense("dlse", *dlse, {B, H, N}, acc_type);
   const auto acc_opts = lse.options();
   const bool f32 = q.scalar_type() == at::kFloat && D == Dv &&
                    (D == 16 || D == 32 || D == 64 || D == 128);
   // Head-major [B, heads, N, D] gradients; the float32 path writes every dq row exactly once.
+  // dk/dv get one slice per query head (no two threads share one); grouped heads are summed below.
   auto dq = f32 ? torch::empty({B, H, N, D}, acc_opts) : torch::zeros({B, H, N, D}, acc_opts);
   auto dk = torch::zeros({B, H, N, D}, acc_opts);
   auto dv = torch::zeros({B, H, N, Dv}, acc_opts);
@@ -559,23 +575,27 @@ std::vector<torch::Tensor> na_backward(
             dout.data_ptr<float>(), q.data_ptr<float>(), k.data_ptr<float>(),
             v.data_ptr<float>(), qs, ks, vs, rpb ? rpb->data_ptr<float>() : nullptr, out.data_ptr<float>(),
             lse.data_ptr<float>(), table_ptr(nbr), table_ptr(bidx),
-            valid ? valid->data_ptr<bool>() : nullptr, dq.data_ptr<float>(),
-            dk.data_ptr<float>(), dv.data_ptr<float>(), rpb ? drpb.data_ptr<float>() : nullptr,
-            B, N, H, P, R, static_cast<float>(scale));
+            valid ? valid->data_ptr<bool>() : nullptr, dlse ? dlse->data_ptr<float>() : nullptr,
+            dq.data_ptr<float>(), dk.data_ptr<float>(), dv.data_ptr<float>(),
+            rpb ? drpb.data_ptr<float>() : nullptr, B, N, H, G, P, R, static_cast<float>(scale));
         return true;
       });
-  if (fast) return {dq, dk, dv, drpb.sum(0)};
+  auto grouped = [&](const torch::Tensor& g) {
+    return G == 1 ? g : g.view({B, Hkv, G, N, g.size(3)}).sum(2);
+  };
+  if (fast) return {dq, grouped(dk), grouped(dv), drpb.sum(0)};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "na_backward", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     backward_kernel<scalar_t, acc_t>(
         dout.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(),
         v.data_ptr<scalar_t>(), qs, ks, vs, rpb ? rpb->data_ptr<scalar_t>() : nullptr,
         out.data_ptr<scalar_t>(), lse.data_ptr<acc_t>(), table_ptr(nbr), table_ptr(bidx),
-        valid ? valid->data_ptr<bool>() : nullptr, dq.data_ptr<acc_t>(), dk.data_ptr<acc_t>(),
-        dv.data_ptr<acc_t>(), rpb ? drpb.data_ptr<acc_t>() : nullptr, B, N, H, D, Dv, P, R,
+        valid ? valid->data_ptr<bool>() : nullptr, dlse ? dlse->data_ptr<acc_t>() : nullptr,
+        dq.data_ptr<acc_t>(), dk.data_ptr<acc_t>(), dv.data_ptr<acc_t>(),
+        rpb ? drpb.data_ptr<acc_t>() : nullptr, B, N, H, G, D, Dv, P, R,
         static_cast<acc_t>(scale));
   });
-  return {dq, dk, dv, drpb.sum(0)};
+  return {dq, grouped(dk), grouped(dv), drpb.sum(0)};
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
