@@ -3,7 +3,9 @@
 from . import models
 from .nn import NeighborhoodAttention1D, NeighborhoodAttention2D, NeighborhoodAttention3D
 from .ops import (
+    attention,
     available_backends,
+    merge_attentions,
     na1d,
     na2d,
     na3d,
@@ -18,7 +20,9 @@ __all__ = [
     "NeighborhoodAttention2D",
     "NeighborhoodAttention3D",
     "__version__",
+    "attention",
     "available_backends",
+    "merge_attentions",
     "models",
     "na1d",
     "na2d",

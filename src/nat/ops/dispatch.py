@@ -4,8 +4,10 @@ The operator is declared once with ``torch.library``: ``nat::na_forward`` and ``
 with their fake (shape) functions, the autograd formula joining them, and the FLOP formula, so
 eager mode, ``torch.compile`` and ``FlopCounterMode`` all see the same op. A backend is a pair of
 functions ``forward(q, k, v, rpb, params, need_lse) -> (out, lse)`` and
-``backward(grad_out, q, k, v, rpb, out, lse, params) -> (dq, dk, dv, drpb)``; new backends (a fused
-CPU kernel, Triton GPU kernels) register themselves with :func:`register_backend`.
+``backward(grad_out, q, k, v, rpb, out, lse, params, grad_lse=None) -> (dq, dk, dv, drpb)``, where
+key/value may have fewer heads than the query (grouped-query attention) and ``grad_lse`` is the
+gradient reaching the log-sum-exp when the caller asked for it (``return_lse``); new backends (a
+fused CPU kernel, Triton GPU kernels) register themselves with :func:`register_backend`.
 """
 
 from __future__ import annotations
@@ -47,6 +49,15 @@ class Backend(NamedTuple):
 _BACKENDS: dict[str, Backend] = {}
 _DEFAULT: list[str] = ["auto"]
 
+NATTEN_BACKENDS = {
+    "cutlass-fna": "auto",
+    "hopper-fna": "auto",
+    "blackwell-fna": "auto",
+    "flex-fna": "torch",
+}
+"""NATTEN 0.21's backend names and the backend each runs here: its fused kernels map to the best
+fused kernel for the device (``"auto"``), its composite Flex Attention one to ``"torch"``."""
+
 
 def register_backend(
     name: str,
@@ -78,24 +89,29 @@ def default_backend() -> str:
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[None]:
     """Route neighborhood attention in this block to ``name`` (``"auto"`` restores the choice)."""
-    _check_backend_name(name)
-    _DEFAULT.append(name)
+    _DEFAULT.append(_check_backend_name(name))
     try:
         yield
     finally:
         _DEFAULT.pop()
 
 
-def _check_backend_name(name: object) -> None:
+def _check_backend_name(name: object) -> str:
+    """``name``, or the backend a NATTEN backend name maps to (:data:`NATTEN_BACKENDS`)."""
     valid = ["auto", "reference", *_BACKENDS]
+    if isinstance(name, str) and name in NATTEN_BACKENDS:
+        return NATTEN_BACKENDS[name]
     if not isinstance(name, str) or name not in valid:
-        raise ValueError(f"backend={name!r} is not one of {valid}")
+        raise ValueError(
+            f"backend={name!r} is not one of {valid} (or NATTEN's {list(NATTEN_BACKENDS)}, "
+            f"which map to {sorted(set(NATTEN_BACKENDS.values()))})"
+        )
+    return name
 
 
 def resolve_backend(name: str | None, device: torch.device) -> str:
     """The concrete backend for a call: ``name`` checked against ``device``, or the best one."""
-    name = default_backend() if name is None else name
-    _check_backend_name(name)
+    name = _check_backend_name(default_backend() if name is None else name)
     if name == "auto":
         return available_backends(device)[0]
     if name != "reference":
@@ -141,7 +157,7 @@ def _na_forward_fake(
     n = math.prod(query.shape[1:-2])
     shape = (query.shape[0], query.shape[-2], n) if need_lse else (0,)
     lse = query.new_empty(shape, dtype=torch.promote_types(query.dtype, torch.float32))
-    return value.new_empty(value.shape), lse
+    return value.new_empty((*query.shape[:-1], value.shape[-1])), lse
 
 
 @torch.library.custom_op("nat::na_backward", mutates_args=())
@@ -159,11 +175,14 @@ def _na_backward(
     is_causal: list[bool],
     scale: float,
     backend: str,
+    grad_lse: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     params = _params(kernel_size, stride, dilation, is_causal, scale)
+    # Only a caller that asked for the log-sum-exp (return_lse) can send a gradient into it.
+    extra = {} if grad_lse is None else {"grad_lse": grad_lse}
     with torch.autocast(query.device.type, enabled=False):
         dq, dk, dv, drpb = _BACKENDS[backend].backward(
-            grad_out, query, key, value, rpb, out, lse, params
+            grad_out, query, key, value, rpb, out, lse, params, **extra
         )
     # Gradients are head-major strided views (see torch_backend.heads_last). Custom ops cannot
     # return None: an empty tensor stands for "no rpb".
@@ -194,8 +213,18 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_out, grad_lse):
     query, key, value, rpb, out, lse = ctx.saved_tensors
+    if grad_lse is not None and grad_lse.numel() == 0:
+        grad_lse = None
     dq, dk, dv, drpb = _na_backward(
-        grad_out.contiguous(), query, key, value, rpb, out, lse, *ctx.window
+        grad_out.contiguous(),
+        query,
+        key,
+        value,
+        rpb,
+        out,
+        lse,
+        *ctx.window,
+        None if grad_lse is None else grad_lse.contiguous(),
     )
     return dq, dk, dv, drpb if ctx.has_rpb else None, None, None, None, None, None, None, None
 
@@ -248,8 +277,14 @@ def na_op(
     rpb: torch.Tensor | None,
     params: NAParams,
     backend: str | None = None,
-) -> torch.Tensor:
-    """Run validated inputs through the chosen backend (autocast applied like a matmul)."""
+    return_lse: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Run validated inputs through the chosen backend (autocast applied like a matmul).
+
+    Returns the output ``[B, *spatial, heads, Dv]``, and with ``return_lse`` also the
+    log-sum-exp of each query's scores ``[B, *spatial, heads]`` (float32, float64 for float64
+    inputs), differentiable like the output.
+    """
     device_type = query.device.type
     if torch.is_autocast_enabled(device_type):
         dtype = torch.get_autocast_dtype(device_type)
@@ -257,14 +292,15 @@ def na_op(
         rpb = None if rpb is None else rpb.to(dtype)
     name = resolve_backend(backend, query.device)
     if name == "reference":
-        return reference.na_reference(query, key, value, params, rpb)
-    need_lse = torch.is_grad_enabled() and any(
+        return reference.na_reference(query, key, value, params, rpb, return_lse=return_lse)
+    needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (query, key, value, rpb)
     )
-    if not need_lse and _plain_eager():
+    need_lse = needs_grad or return_lse
+    if not needs_grad and _plain_eager():
         # Inference in plain eager mode: nothing records the op, so skip its dispatch (~0.1 ms).
-        out, _ = _BACKENDS[name].forward(query, key, value, rpb, params, False)
-        return out
+        out, lse = _BACKENDS[name].forward(query, key, value, rpb, params, need_lse)
+        return (out, _lse_heads_last(lse, query)) if return_lse else out
     # q, k and v go in as they are (often strided slices of one qkv projection): the backends
     # read strided rows, which saves three copies per call.
     out, _ = _na_forward(
@@ -280,7 +316,12 @@ def na_op(
         name,
         need_lse,
     )
-    return out
+    return (out, _lse_heads_last(lse, query)) if return_lse else out
+
+
+def _lse_heads_last(lse: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+    """The backends' ``[B, heads, N]`` log-sum-exp in NATTEN's layout ``[B, *spatial, heads]``."""
+    return lse.transpose(1, 2).reshape(query.shape[:-1])
 
 
 register_backend(

@@ -57,12 +57,20 @@ def na_reference(
     value: torch.Tensor,
     params: NAParams,
     rpb: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Dense masked attention over the neighbour relation.
+    additional_keys: torch.Tensor | None = None,
+    additional_values: torch.Tensor | None = None,
+    return_lse: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Dense masked attention over the neighbour relation (and any additional tokens).
 
-    ``query``/``key`` ``[B, *spatial, heads, D]``, ``value`` ``[B, *spatial, heads, Dv]``,
-    ``rpb`` ``[heads, *(2K - 1)]``; returns ``[B, *spatial, heads, Dv]``. Computes in float32
-    (float64 for float64 inputs) and differentiates through plain autograd.
+    ``query`` ``[B, *spatial, heads, D]``, ``key`` ``[B, *spatial, heads_kv, D]``, ``value``
+    ``[B, *spatial, heads_kv, Dv]`` (query head ``h`` reads key/value head
+    ``h // (heads // heads_kv)``), ``rpb`` ``[heads, *(2K - 1)]``, ``additional_keys`` /
+    ``additional_values`` ``[B, M, heads_kv, D or Dv]``: ``M`` tokens every query attends to
+    besides its neighbours, in the same softmax, without bias. Returns ``[B, *spatial, heads, Dv]``
+    in ``value``'s dtype, and with ``return_lse`` also the log-sum-exp of the scores
+    ``[B, *spatial, heads]`` (float32, float64 for float64 inputs). Computes in float32 (float64
+    for float64 inputs) and differentiates through plain autograd.
     """
     spatial = tuple(query.shape[1:-2])
     batch, heads = query.shape[0], query.shape[-2]
@@ -86,14 +94,25 @@ def na_reference(
         shape[axis], shape[n + axis] = length, length
         mask = mask & relation.view(shape)
         rpb_indices.append(index.view(shape).to(query.device))
-    q, k, v = (
-        t.to(compute).reshape(batch, total, heads, t.shape[-1]).transpose(1, 2)
-        for t in (query, key, value)
-    )
+    mask = mask.reshape(total, total).to(query.device)
+
+    def heads_first(t: torch.Tensor) -> torch.Tensor:
+        """``[B, *tokens, heads_kv, D]`` -> ``[B, heads, tokens, D]``, key/value heads repeated."""
+        t = t.to(compute).reshape(batch, math.prod(t.shape[1:-2]), *t.shape[-2:]).transpose(1, 2)
+        return t.repeat_interleave(heads // t.shape[1], dim=1) if t.shape[1] else t
+
+    q, k, v = heads_first(query), heads_first(key), heads_first(value)
     scores = params.scale * (q @ k.transpose(-1, -2))
     if rpb is not None:
         bias = rpb.to(compute)[(slice(None), *rpb_indices)]  # [heads, *q_spatial, *k_spatial]
         scores = scores + bias.reshape(heads, total, total)
-    scores = scores.masked_fill(~mask.reshape(total, total).to(query.device), float("-inf"))
+    scores = scores.masked_fill(~mask, float("-inf"))
+    if additional_keys is not None:
+        extra_k, extra_v = heads_first(additional_keys), heads_first(additional_values)
+        scores = torch.cat([scores, params.scale * (q @ extra_k.transpose(-1, -2))], dim=-1)
+        v = torch.cat([v, extra_v], dim=-2)
     out = scores.softmax(dim=-1) @ v
-    return out.transpose(1, 2).reshape(value.shape).to(value.dtype)
+    out = out.transpose(1, 2).reshape(*query.shape[:-1], value.shape[-1]).to(value.dtype)
+    if not return_lse:
+        return out
+    return out, scores.logsumexp(dim=-1).transpose(1, 2).reshape(query.shape[:-1])

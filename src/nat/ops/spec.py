@@ -20,6 +20,9 @@ import torch
 __all__ = [
     "NAParams",
     "axis_window",
+    "check_additional_kv",
+    "check_dense_args",
+    "check_merge_args",
     "check_na_args",
     "check_rpb_window",
     "check_window_args",
@@ -77,12 +80,62 @@ def normalize_tuple(name: str, value: object, ndim: int, kind: type = int) -> tu
     return (check_one(value),) * ndim
 
 
+def check_additional_kv(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    additional_keys: torch.Tensor | None,
+    additional_values: torch.Tensor | None,
+) -> bool:
+    """Check NATTEN's extra key/value tokens (after the main tensors); whether there are any.
+
+    ``additional_keys`` ``[B, M, heads_kv, D]`` and ``additional_values`` ``[B, M, heads_kv, Dv]``
+    hold ``M`` tokens that every query attends to besides its neighbourhood.
+    """
+    if additional_keys is None and additional_values is None:
+        return False
+    if additional_keys is None or additional_values is None:
+        missing = "additional_keys" if additional_keys is None else "additional_values"
+        raise ValueError(f"{missing} is None but the other is a tensor; pass both or neither")
+    batch, heads_kv = key.shape[0], key.shape[-2]
+    for name, t, like, main in (
+        ("additional_keys", additional_keys, key, "key"),
+        ("additional_values", additional_values, value, "value"),
+    ):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor or None, got {type(t).__name__}")
+        expected = f"[batch={batch}, tokens, heads_kv={heads_kv}, head_dim={like.shape[-1]}]"
+        if t.dim() != 4 or (t.shape[0], t.shape[2], t.shape[3]) != (
+            batch,
+            heads_kv,
+            like.shape[-1],
+        ):
+            raise ValueError(
+                f"{name} has shape {tuple(t.shape)}; expected {expected} like {main}'s "
+                f"{tuple(like.shape)}"
+            )
+        if t.dtype != query.dtype or t.device != query.device:
+            raise ValueError(
+                f"{name} has dtype {t.dtype} on {t.device} but query has {query.dtype} on "
+                f"{query.device}; they must match"
+            )
+    if additional_keys.shape[1] != additional_values.shape[1]:
+        raise ValueError(
+            f"additional_keys has {additional_keys.shape[1]} tokens but additional_values has "
+            f"{additional_values.shape[1]}; they must match"
+        )
+    return True
+
+
 def _check_tensors(
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
     ndim: int,
+    check_length: bool = True,
 ) -> None:
+    """Check q/k/v ``[B, *spatial, heads, D]`` (key/value may have fewer heads; with
+    ``check_length=False`` their token axis may differ from the query's: cross attention)."""
     for name, t in (("query", query), ("key", key), ("value", value)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -105,14 +158,22 @@ def _check_tensors(
             raise ValueError(
                 f"{name} is on {t.device} but query is on {query.device}; they must match"
             )
-    if key.shape != query.shape:
+    heads, heads_kv = query.shape[-2], key.shape[-2]
+    tokens = key.shape[1:-2] if not check_length else query.shape[1:-2]
+    if key.shape[:-2] != (query.shape[0], *tokens) or key.shape[-1] != query.shape[-1]:
         raise ValueError(
-            f"key has shape {tuple(key.shape)} but query has {tuple(query.shape)}; they must match"
+            f"key has shape {tuple(key.shape)} but query has {tuple(query.shape)}; they must match "
+            f"(except for heads: key may have fewer, see grouped-query attention)"
         )
-    if value.shape[:-1] != query.shape[:-1]:
+    if heads_kv != heads and (heads_kv == 0 or heads % heads_kv):
+        raise ValueError(
+            f"key has {heads_kv} heads but query has {heads}; query's heads must be a multiple "
+            f"of key/value's (grouped-query attention)"
+        )
+    if value.shape[:-1] != key.shape[:-1]:
         raise ValueError(
             f"value has shape {tuple(value.shape)}; all but its last axis (head_dim) must match "
-            f"query's {tuple(query.shape)}"
+            f"key's {tuple(key.shape)}"
         )
     if query.shape[-1] == 0 or value.shape[-1] == 0:
         raise ValueError(
@@ -166,38 +227,98 @@ def check_na_args(
     value: torch.Tensor,
     ndim: int,
     kernel_size: int | Sequence[int],
-    stride: int | Sequence[int] = 1,
-    dilation: int | Sequence[int] = 1,
-    is_causal: bool | Sequence[bool] = False,
+    stride: int | Sequence[int] | None = 1,
+    dilation: int | Sequence[int] | None = 1,
+    is_causal: bool | Sequence[bool] | None = False,
     scale: float | None = None,
     rpb: torch.Tensor | None = None,
 ) -> NAParams:
-    """Validate a call of ``na{ndim}d`` and return its normalised window arguments."""
+    """Validate a call of ``na{ndim}d`` and return its normalised window arguments.
+
+    ``scale=None`` means ``head_dim ** -0.5``; any other value, ``0.0`` included, is used as given
+    (NATTEN 0.21 silently replaces a zero scale by the default).
+    """
     _check_tensors(query, key, value, ndim)
     params = check_window_args(
         tuple(query.shape[1 : 1 + ndim]), kernel_size, stride, dilation, is_causal
     )
-    if scale is None:
-        scale = query.shape[-1] ** -0.5
-    elif isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        raise TypeError(f"scale={scale!r} must be a float or None")
-    elif not math.isfinite(scale):
-        raise ValueError(f"scale={scale!r} must be finite")
-    params = dataclasses.replace(params, scale=float(scale))
+    params = dataclasses.replace(params, scale=_check_scale(scale, query.shape[-1]))
     if rpb is not None:
         _check_rpb(rpb, query, params)
     return params
 
 
+def _check_scale(scale: float | None, head_dim: int) -> float:
+    """``scale`` as a float: ``None`` means ``head_dim ** -0.5``, ``0.0`` means zero."""
+    if scale is None:
+        return head_dim**-0.5
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise TypeError(f"scale={scale!r} must be a float or None")
+    if not math.isfinite(scale):
+        raise ValueError(f"scale={scale!r} must be finite")
+    return float(scale)
+
+
+def check_dense_args(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    is_causal: bool = False,
+    scale: float | None = None,
+) -> float:
+    """Validate a call of dense ``attention`` (``[B, tokens, heads, D]``); return its scale."""
+    _check_tensors(query, key, value, 1, check_length=False)
+    if not isinstance(is_causal, bool):
+        raise TypeError(f"is_causal={is_causal!r} must be a bool")
+    if is_causal and key.shape[1] != query.shape[1]:
+        raise ValueError(
+            f"is_causal=True needs as many keys as queries; got {key.shape[1]} keys and "
+            f"{query.shape[1]} queries"
+        )
+    return _check_scale(scale, query.shape[-1])
+
+
+def check_merge_args(outputs: Sequence[torch.Tensor], lse_tensors: Sequence[torch.Tensor]) -> None:
+    """Validate ``merge_attentions``: at least two outputs ``[B, *tokens, heads, Dv]`` of one
+    shape, each with its log-sum-exp ``[B, *tokens, heads]``."""
+    if not isinstance(outputs, Sequence) or not isinstance(lse_tensors, Sequence):
+        raise TypeError("outputs and lse_tensors must be lists of tensors")
+    if len(outputs) < 2 or len(outputs) != len(lse_tensors):
+        raise ValueError(
+            f"merge_attentions needs at least two outputs with one lse each; got "
+            f"{len(outputs)} outputs and {len(lse_tensors)} lse tensors"
+        )
+    shape = outputs[0].shape
+    for i, (out, lse) in enumerate(zip(outputs, lse_tensors, strict=True)):
+        if out.shape != shape:
+            raise ValueError(
+                f"outputs[{i}] has shape {tuple(out.shape)} but outputs[0] has {tuple(shape)}; "
+                f"they must match"
+            )
+        if lse.shape != shape[:-1]:
+            raise ValueError(
+                f"lse_tensors[{i}] has shape {tuple(lse.shape)}; expected {tuple(shape[:-1])} "
+                f"(its output's shape without head_dim)"
+            )
+        if out.device != outputs[0].device or lse.device != outputs[0].device:
+            raise ValueError(f"outputs[{i}] or lse_tensors[{i}] is on another device")
+
+
 def check_window_args(
     spatial: tuple[int, ...],
     kernel_size: int | Sequence[int],
-    stride: int | Sequence[int] = 1,
-    dilation: int | Sequence[int] = 1,
-    is_causal: bool | Sequence[bool] = False,
+    stride: int | Sequence[int] | None = 1,
+    dilation: int | Sequence[int] | None = 1,
+    is_causal: bool | Sequence[bool] | None = False,
 ) -> NAParams:
-    """Validate window arguments against a spatial extent (scale left at 1.0)."""
+    """Validate window arguments against a spatial extent (scale left at 1.0).
+
+    ``None`` for ``stride``, ``dilation`` or ``is_causal`` means the default (as in NATTEN).
+    """
     ndim = len(spatial)
+    stride = 1 if stride is None else stride
+    dilation = 1 if dilation is None else dilation
+    is_causal = False if is_causal is None else is_causal
     kernel = normalize_tuple("kernel_size", kernel_size, ndim)
     strides = normalize_tuple("stride", stride, ndim)
     dilations = normalize_tuple("dilation", dilation, ndim)
