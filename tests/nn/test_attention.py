@@ -134,3 +134,34 @@ def test_rel_pos_bias_takes_the_operators_rpb_rule(kwargs, message):
     with pytest.raises(ValueError, match=message):
         nat.NeighborhoodAttention2D(8, 2, **kwargs)
     nat.NeighborhoodAttention2D(8, 2, rel_pos_bias=False, **kwargs)
+
+
+def test_embed_dim_is_natten_spelling_of_dim():
+    torch.manual_seed(0)
+    ours = nat.NeighborhoodAttention2D(16, 2, 3, dilation=2)
+    natten_style = nat.NeighborhoodAttention2D(
+        embed_dim=16,
+        num_heads=2,
+        kernel_size=3,
+        stride=1,
+        dilation=2,
+        is_causal=False,
+        qkv_bias=True,
+        qk_scale=None,
+        proj_drop=0.0,
+    )
+    natten_style.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 9, 8, 16)
+    torch.testing.assert_close(natten_style(x), ours(x))
+
+
+def test_dim_and_embed_dim_together_is_an_error():
+    with pytest.raises(TypeError, match=r"exactly once; got dim=16, embed_dim=16"):
+        nat.NeighborhoodAttention1D(16, 2, 3, embed_dim=16)
+    with pytest.raises(TypeError, match=r"kernel_size is required"):
+        nat.NeighborhoodAttention1D(embed_dim=16, num_heads=2)
+
+
+def test_qk_scale_zero_means_zero():
+    module = nat.NeighborhoodAttention1D(16, 2, 3, qk_scale=0.0)
+    assert module.scale == 0.0

@@ -40,6 +40,19 @@ def test_opcheck_backward(backend, head_dim, spatial):
     torch.library.opcheck(torch.ops.nat.na_backward.default, args)
 
 
+@pytest.mark.parametrize("backend", [b for b in nat.available_backends("cpu") if b != "reference"])
+def test_opcheck_grouped_heads_and_lse_gradient(backend):
+    """Key/value with half the query's heads, and a gradient reaching the log-sum-exp."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 6, 7, 4, 8, generator=g)
+    k, v = (torch.randn(2, 6, 7, 2, 8, generator=g) for _ in "kv")
+    window = ([3, 3], [1, 1], [1, 2], [False, False], 0.5, backend)
+    out, lse = torch.ops.nat.na_forward(q, k, v, None, *window, True)
+    assert out.shape == q.shape
+    args = (torch.randn_like(out), q, k, v, None, out, lse, *window, torch.randn_like(lse))
+    torch.library.opcheck(torch.ops.nat.na_backward.default, args)
+
+
 def test_compile_fullgraph_matches_eager_forward_and_backward():
     torch.manual_seed(0)
     module = nat.NeighborhoodAttention2D(16, 2, 3, dilation=2)

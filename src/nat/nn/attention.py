@@ -1,7 +1,11 @@
 """Neighborhood attention layers: ``NeighborhoodAttention1D/2D/3D``.
 
 Parameter names (``qkv``, ``rpb``, ``proj``) and the small-input padding rule follow NATTEN 0.14,
-so NAT/DiNAT checkpoints and NATTEN 0.14 module state dicts load unchanged.
+so NAT/DiNAT checkpoints and NATTEN 0.14 module state dicts load unchanged. The signature is the
+published NAT code's, ``(dim, num_heads, kernel_size, dilation, ...)``; NATTEN 0.21's modules take
+``(embed_dim, num_heads, kernel_size, stride, dilation, ...)`` and have no ``rpb``. ``embed_dim=``
+is accepted as NATTEN spells it; pass ``stride`` and ``dilation`` by keyword to write code that
+runs on both (see ``docs/neighborhood-attention.md``).
 """
 
 from __future__ import annotations
@@ -24,9 +28,9 @@ class _NeighborhoodAttention(nn.Module):
 
     def __init__(
         self,
-        dim: int,
-        num_heads: int,
-        kernel_size: int | Sequence[int],
+        dim: int | None = None,
+        num_heads: int | None = None,
+        kernel_size: int | Sequence[int] | None = None,
         dilation: int | Sequence[int] = 1,
         is_causal: bool | Sequence[bool] = False,
         rel_pos_bias: bool = True,
@@ -36,8 +40,19 @@ class _NeighborhoodAttention(nn.Module):
         proj_drop: float = 0.0,
         stride: int | Sequence[int] = 1,
         backend: str | None = None,
+        *,
+        embed_dim: int | None = None,
     ) -> None:
         super().__init__()
+        if (dim is None) == (embed_dim is None):
+            raise TypeError(
+                f"pass the channel count as dim or as embed_dim (NATTEN's name), exactly once; "
+                f"got dim={dim!r}, embed_dim={embed_dim!r}"
+            )
+        dim = dim if embed_dim is None else embed_dim
+        for name, v in (("num_heads", num_heads), ("kernel_size", kernel_size)):
+            if v is None:
+                raise TypeError(f"{name} is required")
         for name, v in (("dim", dim), ("num_heads", num_heads)):
             if isinstance(v, bool) or not isinstance(v, int):
                 raise TypeError(f"{name}={v!r} must be an integer")
@@ -47,7 +62,8 @@ class _NeighborhoodAttention(nn.Module):
             raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}")
         self.dim, self.num_heads = dim, num_heads
         self.head_dim = dim // num_heads
-        self.scale = qk_scale or self.head_dim**-0.5
+        # qk_scale=0.0 means zero, as in the functional ops (NAT's `qk_scale or default` did not).
+        self.scale = self.head_dim**-0.5 if qk_scale is None else qk_scale
         self.kernel_size = spec.normalize_tuple("kernel_size", kernel_size, self.ndim)
         self.dilation = spec.normalize_tuple("dilation", dilation, self.ndim)
         self.stride = spec.normalize_tuple("stride", stride, self.ndim)

@@ -303,7 +303,7 @@ def na_op(
         return (out, _lse_heads_last(lse, query)) if return_lse else out
     # q, k and v go in as they are (often strided slices of one qkv projection): the backends
     # read strided rows, which saves three copies per call.
-    out, _ = _na_forward(
+    out, lse = _na_forward(
         query,
         key,
         value,

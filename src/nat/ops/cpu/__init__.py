@@ -133,7 +133,7 @@ def na_forward(
         valid,
         params.scale,
     )
-    return out.reshape(value.shape), lse
+    return out.reshape(*query.shape[:-1], value.shape[-1]), lse
 
 
 def na_backward(
