@@ -20,6 +20,11 @@ class Problem:
     head_dim: int
     head_dim_v: int
     use_rpb: bool
+    heads_kv: int = 0
+    """Key/value heads (grouped-query attention when fewer than ``heads``); 0 means ``heads``."""
+
+    def __post_init__(self) -> None:
+        self.heads_kv = self.heads_kv or self.heads
 
     @property
     def rpb_allowed(self) -> bool:
@@ -39,10 +44,10 @@ class Problem:
 
     def tensors(self, dtype=torch.float64, seed: int = 0):
         g = torch.Generator().manual_seed(seed)
-        shape = (self.batch, *self.spatial, self.heads)
-        q = torch.randn(*shape, self.head_dim, generator=g, dtype=torch.float64)
-        k = torch.randn(*shape, self.head_dim, generator=g, dtype=torch.float64)
-        v = torch.randn(*shape, self.head_dim_v, generator=g, dtype=torch.float64)
+        shape = (self.batch, *self.spatial)
+        q = torch.randn(*shape, self.heads, self.head_dim, generator=g, dtype=torch.float64)
+        k = torch.randn(*shape, self.heads_kv, self.head_dim, generator=g, dtype=torch.float64)
+        v = torch.randn(*shape, self.heads_kv, self.head_dim_v, generator=g, dtype=torch.float64)
         rpb = None
         if self.use_rpb:
             rpb = torch.randn(
@@ -79,6 +84,8 @@ def problems(
         stride = (1,) * ndim
     if not allow_causal:
         causal = (False,) * ndim
+    # Grouped-query attention: 1 or 2 key/value heads, each shared by 1 or 2 query heads.
+    heads_kv, groups = draw(st.integers(1, 2)), draw(st.integers(1, 2))
     problem = Problem(
         spatial=spatial,
         kernel_size=kernel,
@@ -86,10 +93,11 @@ def problems(
         dilation=dilation,
         is_causal=causal,
         batch=draw(st.integers(1, 2)),
-        heads=draw(st.integers(1, 2)),
+        heads=heads_kv * groups,
         head_dim=draw(st.integers(1, 4)),
         head_dim_v=draw(st.integers(1, 4)),
         use_rpb=False,
+        heads_kv=heads_kv,
     )
     problem.use_rpb = rpb or (problem.rpb_allowed and draw(st.booleans()))
     return problem

@@ -28,9 +28,11 @@ TOLERANCE = {torch.float64: 1e-10, torch.float32: 2e-5}
 
 
 def shapes(problem: Problem) -> dict[str, tuple[int, ...]]:
-    qk = (problem.batch, *problem.spatial, problem.heads, problem.head_dim)
-    v = (*qk[:-1], problem.head_dim_v)
-    named = {"query": qk, "key": qk, "value": v, "grad_out": v}
+    q = (problem.batch, *problem.spatial, problem.heads, problem.head_dim)
+    k = (*q[:-2], problem.heads_kv, problem.head_dim)
+    v = (*k[:-1], problem.head_dim_v)
+    out = (*q[:-1], problem.head_dim_v)
+    named = {"query": q, "key": k, "value": v, "grad_out": out}
     if problem.use_rpb:
         named["rpb"] = (problem.heads, *(2 * k - 1 for k in problem.kernel_size))
     return named

@@ -80,6 +80,27 @@ def test_compile_with_inductor_traces_without_graph_breaks():
     torch.testing.assert_close(torch.compile(fn, fullgraph=True)(q, k, v, rpb), fn(q, k, v, rpb))
 
 
+def test_compile_fullgraph_grouped_heads_lse_and_extra_tokens():
+    """GQA, return_lse and additional tokens trace as one graph and differentiate as in eager."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 6, 7, 4, 8, generator=g, requires_grad=True)
+    k, v = (torch.randn(2, 6, 7, 2, 8, generator=g, requires_grad=True) for _ in "kv")
+    extra = torch.randn(2, 3, 2, 8, generator=g, requires_grad=True)
+
+    def fn(q, k, v, extra):
+        out, lse = nat.na2d(
+            q, k, v, 3, dilation=2, additional_keys=extra, additional_values=extra, return_lse=True
+        )
+        return out.sin().sum() + lse.cos().sum()
+
+    inputs = (q, k, v, extra)
+    expected = torch.autograd.grad(fn(*inputs), inputs)
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    grads = torch.autograd.grad(compiled(*inputs), inputs)
+    for g_, e in zip(grads, expected, strict=True):
+        torch.testing.assert_close(g_, e)
+
+
 @pytest.mark.parametrize("head_dim", [4, 32])
 def test_inductor_backward_matches_eager(head_dim):
     """Inductor checks every output's strides against the fake functions, gradients included."""
