@@ -203,6 +203,19 @@ def test_return_lse_without_gradients_float32(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_gradient_of_the_lse_alone(backend):
+    """The output unused: only the log-sum-exp carries a gradient."""
+    q, k, v = tensors((6, 7))
+    p = params((6, 7), 3, 1, 1, False, 8**-0.5)
+    _, grads = grads_of(
+        lambda q, k, v: nat.na2d(q, k, v, 3, return_lse=True, backend=backend)[1], (q, k, v)
+    )
+    _, expected = grads_of(lambda q, k: na_reference(q, k, v, p, return_lse=True)[1], (q, k))
+    assert_all_close(grads[:2], expected)
+    assert grads[2].abs().max() == 0  # the value does not reach the log-sum-exp
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("heads_kv", [4, 2])
 def test_lse_gradient_float32(backend, heads_kv):
     """head_dim 16 in float32 takes the CPU kernel's vectorised backward."""

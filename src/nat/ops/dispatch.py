@@ -209,14 +209,16 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(query, key, value, rpb, out, lse)
     ctx.window = window
     ctx.has_rpb = rpb is not None
+    # An output the caller never used gets None, not zeros: without return_lse, no gradient
+    # reaches the log-sum-exp and the backends skip it.
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, grad_out, grad_lse):
     query, key, value, rpb, out, lse = ctx.saved_tensors
-    if grad_lse is not None and grad_lse.numel() == 0:
-        grad_lse = None
+    grad_out = torch.zeros_like(out) if grad_out is None else grad_out.contiguous()
     dq, dk, dv, drpb = _na_backward(
-        grad_out.contiguous(),
+        grad_out,
         query,
         key,
         value,
