@@ -401,6 +401,16 @@ def test_dense_attention_matches_sdpa(causal, heads_kv):
     torch.testing.assert_close(lse, scores.logsumexp(-1).transpose(1, 2))
 
 
+def test_dense_attention_checks_its_arguments():
+    q = torch.randn(2, 5, 4, 8)
+    with pytest.raises(ValueError, match=r"attention expects rank 4: \[batch, tokens, heads"):
+        nat.attention(q, q[:, None], q)
+    with pytest.raises(ValueError, match=r"is_causal=True needs as many keys as queries"):
+        nat.attention(q, q[:, :3], q[:, :3], is_causal=True)
+    with pytest.raises(ValueError, match=r"key has 3 heads but query has 4"):
+        nat.attention(q, q[:, :, :3], q[:, :, :3])
+
+
 @pytest.mark.parametrize("pieces", [2, 3])
 def test_merging_partial_attentions_is_exact_and_differentiable(pieces):
     """Attention over disjoint key sets, merged, equals attention over their union."""

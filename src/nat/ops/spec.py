@@ -132,18 +132,22 @@ def _check_tensors(
     key: torch.Tensor,
     value: torch.Tensor,
     ndim: int,
-    check_length: bool = True,
+    dense: bool = False,
 ) -> None:
-    """Check q/k/v ``[B, *spatial, heads, D]`` (key/value may have fewer heads; with
-    ``check_length=False`` their token axis may differ from the query's: cross attention)."""
+    """Check q/k/v ``[B, *spatial, heads, D]`` (key/value may have fewer heads). ``dense``: dense
+    attention over ``[B, tokens, heads, D]``, where key/value may have another token count."""
     for name, t in (("query", query), ("key", key), ("value", value)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if t.dim() != ndim + 3:
+            op, axes = (
+                ("attention", "tokens")
+                if dense
+                else (f"{ndim}-D neighborhood attention", ", ".join(_AXIS_NAMES[ndim]))
+            )
             raise ValueError(
-                f"{name} has shape {tuple(t.shape)} (rank {t.dim()}); {ndim}-D neighborhood "
-                f"attention expects rank {ndim + 3}: [batch, {', '.join(_AXIS_NAMES[ndim])}, "
-                f"heads, head_dim]"
+                f"{name} has shape {tuple(t.shape)} (rank {t.dim()}); {op} expects rank "
+                f"{ndim + 3}: [batch, {axes}, heads, head_dim]"
             )
         if t.dtype not in _FLOAT_DTYPES:
             raise TypeError(
@@ -159,7 +163,7 @@ def _check_tensors(
                 f"{name} is on {t.device} but query is on {query.device}; they must match"
             )
     heads, heads_kv = query.shape[-2], key.shape[-2]
-    tokens = key.shape[1:-2] if not check_length else query.shape[1:-2]
+    tokens = key.shape[1:-2] if dense else query.shape[1:-2]
     if key.shape[:-2] != (query.shape[0], *tokens) or key.shape[-1] != query.shape[-1]:
         raise ValueError(
             f"key has shape {tuple(key.shape)} but query has {tuple(query.shape)}; they must match "
@@ -267,7 +271,7 @@ def check_dense_args(
     scale: float | None = None,
 ) -> float:
     """Validate a call of dense ``attention`` (``[B, tokens, heads, D]``); return its scale."""
-    _check_tensors(query, key, value, 1, check_length=False)
+    _check_tensors(query, key, value, 1, dense=True)
     if not isinstance(is_causal, bool):
         raise TypeError(f"is_causal={is_causal!r} must be a bool")
     if is_causal and key.shape[1] != query.shape[1]:
