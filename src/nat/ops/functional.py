@@ -49,7 +49,7 @@ def _note_ignored(tuning: dict[str, object]) -> None:
                 f"{name}={value!r} is a tuning argument of NATTEN's kernels; nat accepts it for "
                 f"compatibility and ignores it (noted once)",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=4,  # the caller of na1d/na2d/na3d
             )
 
 
