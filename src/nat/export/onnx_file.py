@@ -1,0 +1,89 @@
+"""ONNX files of models built on neighborhood attention, and running them in onnxruntime.
+
+A model goes through :func:`nat.export.program.export_program` (so the batch can stay dynamic and
+a bad input size fails early), then through PyTorch's ONNX exporter with the NA op translated to
+standard operators (:mod:`nat.export.na_onnx`): the file needs no custom op or plugin.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..files import PathLike, atomic_write
+from .na_onnx import translation_table
+from .program import export_program
+
+__all__ = ["MIN_OPSET", "export_onnx", "onnx_program", "run_onnx"]
+
+MIN_OPSET = 18
+"""The oldest opset PyTorch's ONNX exporter (``dynamo=True``) writes."""
+
+
+def _check_opset(opset: int | None) -> None:
+    if opset is None:
+        return
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset < MIN_OPSET:
+        raise ValueError(f"opset={opset!r} must be an integer >= {MIN_OPSET}")
+
+
+def onnx_program(
+    model: nn.Module | torch.export.ExportedProgram,
+    example: torch.Tensor,
+    dynamic_batch: bool = True,
+    opset: int | None = None,
+) -> torch.onnx.ONNXProgram:
+    """The ONNX program of ``model`` for inputs like ``example`` (``[B, ...]``).
+
+    ``model`` may already be an exported program. ``opset``: the ONNX opset (``None``: the
+    exporter's default).
+    """
+    _check_opset(opset)
+    program = (
+        model
+        if isinstance(model, torch.export.ExportedProgram)
+        else export_program(model, example, dynamic_batch)
+    )
+    # The exporter reports its progress on stdout; a library call stays quiet.
+    with contextlib.redirect_stdout(io.StringIO()):
+        return torch.onnx.export(
+            program,
+            (example,),
+            dynamo=True,
+            custom_translation_table=translation_table(),
+            opset_version=opset,
+            input_names=["input"],
+            verbose=False,
+        )
+
+
+def export_onnx(
+    model: nn.Module | torch.export.ExportedProgram,
+    example: torch.Tensor,
+    path: PathLike,
+    dynamic_batch: bool = True,
+    opset: int | None = None,
+) -> Path:
+    """Write ``model``'s ONNX file (weights inside) to ``path`` atomically.
+
+    The arguments are :func:`onnx_program`'s.
+    """
+    proto = onnx_program(model, example, dynamic_batch, opset).model_proto
+    return atomic_write(path, proto.SerializeToString())
+
+
+def run_onnx(path: PathLike, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Run an ONNX file in onnxruntime on the CPU: its outputs for ``inputs`` (in input order)."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    if len(names) != len(inputs):
+        raise ValueError(f"{path} takes {len(names)} inputs ({names}); got {len(inputs)}")
+    return session.run(None, dict(zip(names, inputs, strict=True)))
