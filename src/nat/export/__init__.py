@@ -9,13 +9,14 @@ and as ONNX files of standard operators that onnxruntime runs with no custom op.
 ``onnx``, ``onnxruntime`` and ``onnxscript`` come with the ``export`` extra.
 """
 
-from .model import FORMATS, ExportResult, export_model, image_input, largest_difference
+from .model import FORMATS, TOLERANCE, ExportResult, export_model, image_input, largest_difference
 from .onnx_file import MIN_OPSET, export_onnx, onnx_program, run_onnx
 from .program import export_program, load_program, na_nodes, save_program
 
 __all__ = [
     "FORMATS",
     "MIN_OPSET",
+    "TOLERANCE",
     "ExportResult",
     "export_model",
     "export_onnx",

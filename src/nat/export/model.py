@@ -19,9 +19,18 @@ from ..models import NATTrunk
 from .onnx_file import export_onnx, run_onnx
 from .program import export_program, load_program, save_program
 
-__all__ = ["FORMATS", "ExportResult", "export_model", "image_input", "largest_difference"]
+__all__ = [
+    "FORMATS",
+    "TOLERANCE",
+    "ExportResult",
+    "export_model",
+    "image_input",
+    "largest_difference",
+]
 
 FORMATS = ("onnx", "exported-program")
+TOLERANCE = 1e-4
+"""The largest relative difference from eager mode (float32) a good export shows."""
 
 _EXAMPLE_BATCH = 2
 _CHECK_BATCHES = (1, 3)
@@ -37,11 +46,18 @@ class ExportResult:
     input_shape: tuple[int, ...]
     """The example input's shape; with ``dynamic_batch`` its batch axis is free."""
     dynamic_batch: bool
+    opset: int | None
+    """The ONNX file's opset (``None`` for an exported program)."""
     checked_batches: tuple[int, ...]
     max_abs_diff: float
     """Largest ``|file - eager|`` over every output element of every checked batch."""
     max_rel_diff: float
     """:attr:`max_abs_diff` over the largest ``|eager|`` output element."""
+
+    @property
+    def ok(self) -> bool:
+        """Whether the file reproduces the model within :data:`TOLERANCE`."""
+        return self.max_rel_diff <= TOLERANCE
 
 
 def image_input(
@@ -106,7 +122,7 @@ def export_model(
     output: PathLike,
     format: str = "onnx",
     input_size: Sequence[int] | None = None,
-    dynamic_batch: bool = True,
+    batch: int | str = 1,
     opset: int | None = None,
     seed: int = 0,
 ) -> ExportResult:
@@ -114,21 +130,26 @@ def export_model(
 
     ``format``: ``"onnx"`` (standard operators only; runs in onnxruntime) or
     ``"exported-program"`` (``torch.export.save``; the NA op stays one node). ``input_size``:
-    ``(H, W)``, default the model's configured size. With ``dynamic_batch`` the file takes any
-    batch size and is checked at two that differ from the example's; otherwise batch 1.
+    ``(H, W)``, default the model's configured size. ``batch``: a fixed batch size, or
+    ``"dynamic"``: the file then takes any batch size and is checked at two that differ from the
+    example's.
     """
+    dynamic_batch = batch == "dynamic"
+    if not dynamic_batch and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+        raise ValueError(f"batch={batch!r} must be an integer >= 1 or 'dynamic'")
     if format not in FORMATS:
         raise ValueError(f"format={format!r} must be one of {', '.join(FORMATS)}")
     if format != "onnx" and opset is not None:
         raise ValueError(f"opset={opset} only applies to format='onnx', not {format!r}")
     model = model.eval()
     generator = torch.Generator().manual_seed(seed)
-    example_batch = _EXAMPLE_BATCH if dynamic_batch else 1
+    example_batch = _EXAMPLE_BATCH if dynamic_batch else batch
     example = image_input(model, input_size, example_batch, generator)
     program = export_program(model, example, dynamic_batch)
     run: Callable[[torch.Tensor], list[torch.Tensor]]
     if format == "onnx":
         path = export_onnx(program, example, output, opset=opset)
+        opset = _file_opset(path)
 
         def run(x: torch.Tensor) -> list[torch.Tensor]:
             return [torch.from_numpy(o) for o in run_onnx(path, [x.numpy()])]
@@ -148,5 +169,12 @@ def export_model(
             diff, rel = largest_difference(run(x), reference)
         worst_abs, worst_rel = max(worst_abs, diff), max(worst_rel, rel)
     return ExportResult(
-        path, format, tuple(example.shape), dynamic_batch, batches, worst_abs, worst_rel
+        path, format, tuple(example.shape), dynamic_batch, opset, batches, worst_abs, worst_rel
     )
+
+
+def _file_opset(path: Path) -> int:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
