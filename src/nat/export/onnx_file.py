@@ -50,17 +50,32 @@ def onnx_program(
         if isinstance(model, torch.export.ExportedProgram)
         else export_program(model, example, dynamic_batch)
     )
-    # The exporter reports its progress on stdout; a library call stays quiet.
-    with contextlib.redirect_stdout(io.StringIO()):
-        return torch.onnx.export(
-            program,
-            (example,),
-            dynamo=True,
-            custom_translation_table=translation_table(),
-            opset_version=opset,
-            input_names=["input"],
-            verbose=False,
-        )
+    try:
+        # The exporter reports its progress on stdout; a library call stays quiet.
+        with contextlib.redirect_stdout(io.StringIO()):
+            return torch.onnx.export(
+                program,
+                (example,),
+                dynamo=True,
+                custom_translation_table=translation_table(),
+                opset_version=opset,
+                input_names=["input"],
+                verbose=False,
+            )
+    except torch.onnx.OnnxExporterError as err:
+        reason = _value_error_in(err)
+        if reason is None:
+            raise
+        raise ValueError(f"cannot export to ONNX: {reason}") from err
+
+
+def _value_error_in(err: BaseException) -> ValueError | None:
+    """The argument error (ours, e.g. from :mod:`nat.export.na_onnx`) an exporter error wraps."""
+    while err is not None:
+        if isinstance(err, ValueError):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def export_onnx(
