@@ -1,4 +1,4 @@
-"""``torch.export`` of NAT/DiNAT: the NA op stays one node, the batch is dynamic, save/load works."""
+"""``torch.export`` of NAT/DiNAT: one node per NA call, dynamic batch, save and load."""
 
 from __future__ import annotations
 
