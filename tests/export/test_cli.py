@@ -27,7 +27,7 @@ def test_checkpoint_weights_are_exported(tmp_path, capsys):
     path = tmp_path / "digits.pt2"
     argv = ["export", "nat_digits", "--checkpoint", str(tmp_path / "digits.pth")]
     argv += ["--format", "exported-program", "--output", str(path), "--batch", "dynamic"]
-    argv += ["--input-size", "24", "28"]
+    argv += ["--input-size", "24", "28", "--backend", "torch"]
     assert main(argv) == 0
     assert "input [batch, 3, 24, 28]" in capsys.readouterr().out
     x = torch.randn(4, 3, 24, 28)
@@ -48,6 +48,7 @@ CASES = [
     ([*EXPORT, "--format", "exported-program", "--opset", "18"], "--opset=18"),
     (["export", "bogus_model", "--format", "onnx", "--output", "{dir}/o.onnx"], "bogus_model"),
     ([*EXPORT, "--format", "onnx", "--checkpoint", "{dir}/missing.pth"], "missing.pth"),
+    ([*EXPORT, "--format", "exported-program", "--backend", "fused"], "backend='fused'"),
 ]
 
 

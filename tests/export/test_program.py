@@ -65,3 +65,18 @@ def test_export_leaves_the_models_mode_as_it_was():
     model = nat_digits().train()
     export_program(model, torch.randn(2, 3, 32, 32))
     assert model.training
+
+
+def test_the_nodes_call_the_backend_asked_for():
+    program = export_program(nat_digits(), torch.randn(2, 3, 32, 32), backend="torch")
+    assert {node.args[9] for node in na_nodes(program)} == {"torch"}
+
+
+def test_an_unknown_backend_is_refused():
+    with pytest.raises(ValueError, match="backend='fused' is not one of"):
+        export_program(nat_digits(), torch.randn(2, 3, 32, 32), backend="fused")
+
+
+def test_the_reference_backend_is_refused_as_it_is_not_the_op():
+    with pytest.raises(ValueError, match="backend='reference' computes outside the registered op"):
+        export_program(nat_digits(), torch.randn(2, 3, 32, 32), backend="reference")

@@ -60,6 +60,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--opset", type=positive_int, default=None, help="ONNX opset (default: the exporter's)"
     )
+    p.add_argument(
+        "--backend",
+        default=None,
+        help="NA backend an exported program calls (default: the best here; 'torch' runs on "
+        "any device and machine)",
+    )
     p.set_defaults(func=_export)
 
 
@@ -83,7 +89,9 @@ def _export(args: argparse.Namespace) -> int:
     if args.opset is not None and args.opset < MIN_OPSET:
         raise CLIError(f"--opset={args.opset} must be >= {MIN_OPSET}")
     model = _load(args.model, args.checkpoint)
-    result = export_model(model, args.output, args.format, args.input_size, args.batch, args.opset)
+    result = export_model(
+        model, args.output, args.format, args.input_size, args.batch, args.opset, args.backend
+    )
     shape = ["batch" if result.dynamic_batch else str(result.input_shape[0])]
     shape += [str(s) for s in result.input_shape[1:]]
     opset = "" if result.opset is None else f", opset {result.opset}"

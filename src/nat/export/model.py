@@ -124,6 +124,7 @@ def export_model(
     input_size: Sequence[int] | None = None,
     batch: int | str = 1,
     opset: int | None = None,
+    backend: str | None = None,
     seed: int = 0,
 ) -> ExportResult:
     """Export ``model`` (eval mode, CPU) to ``output`` and check the written file.
@@ -132,7 +133,8 @@ def export_model(
     ``"exported-program"`` (``torch.export.save``; the NA op stays one node). ``input_size``:
     ``(H, W)``, default the model's configured size. ``batch``: a fixed batch size, or
     ``"dynamic"``: the file then takes any batch size and is checked at two that differ from the
-    example's.
+    example's. ``backend``: the NA backend an exported program calls (see
+    :func:`nat.export.export_program`); an ONNX file does not depend on it.
     """
     dynamic_batch = batch == "dynamic"
     if not dynamic_batch and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
@@ -145,7 +147,7 @@ def export_model(
     generator = torch.Generator().manual_seed(seed)
     example_batch = _EXAMPLE_BATCH if dynamic_batch else batch
     example = image_input(model, input_size, example_batch, generator)
-    program = export_program(model, example, dynamic_batch)
+    program = export_program(model, example, dynamic_batch, backend)
     run: Callable[[torch.Tensor], list[torch.Tensor]]
     if format == "onnx":
         path = export_onnx(program, example, output, opset=opset)

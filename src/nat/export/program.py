@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..files import PathLike, atomic_open
+from ..ops.dispatch import resolve_backend, use_backend
 
 __all__ = ["export_program", "load_program", "na_nodes", "save_program"]
 
@@ -32,7 +33,10 @@ def _check_example(example: torch.Tensor, dynamic_batch: bool) -> None:
 
 
 def export_program(
-    model: nn.Module, example: torch.Tensor, dynamic_batch: bool = True
+    model: nn.Module,
+    example: torch.Tensor,
+    dynamic_batch: bool = True,
+    backend: str | None = None,
 ) -> torch.export.ExportedProgram:
     """``torch.export.export`` of ``model`` (in eval mode) on one input like ``example``.
 
@@ -40,13 +44,23 @@ def export_program(
     ``dynamic_batch`` the program accepts any batch size, every other axis stays as in
     ``example``. An input the model cannot take (a window larger than a feature map that the
     model does not pad) fails here with the operator's error, before any file is written.
+
+    Each NA node records the backend it calls: ``backend``, or (``None``) the one eager mode
+    would use for ``example``'s device. ``"torch"`` makes a program that runs on any device and
+    machine; the default ``cpu`` kernel is faster but needs the kernel built where it runs.
     """
     _check_example(example, dynamic_batch)
+    backend = resolve_backend(backend, example.device)
+    if backend == "reference":
+        raise ValueError(
+            "backend='reference' computes outside the registered op; an exported program "
+            "needs a registered backend"
+        )
     shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), use_backend(backend):
             return torch.export.export(model, (example,), dynamic_shapes=shapes)
     except ValueError as err:
         raise ValueError(
