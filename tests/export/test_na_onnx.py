@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -9,6 +10,8 @@ from torch import nn
 
 import nat
 from nat.export import export_onnx, export_program, run_onnx
+from nat.export.na_onnx import tile_table
+from nat.ops.spec import check_window_args, neighbor_table
 
 MODULES = {
     1: nat.NeighborhoodAttention1D,
@@ -111,3 +114,30 @@ def test_exported_program_keeps_one_na_node_per_module():
     module = _module(2, dict(kernel_size=3, dilation=(2, 1)))
     program = export_program(module, torch.randn(2, 11, 9, 8))
     assert len([n for n in program.graph.nodes if "na_forward" in str(n.target)]) == 1
+
+
+@pytest.mark.parametrize(("spatial", "kwargs"), CASES, ids=[str(c) for c in CASES])
+def test_each_tile_row_holds_exactly_the_querys_neighbours(spatial, kwargs):
+    module = _module(len(spatial), kwargs)
+    kwargs = {k: v for k, v in kwargs.items() if k != "rel_pos_bias"}
+    # The module pads inputs smaller than its window to the window.
+    spatial = tuple(
+        max(s, k * d) for s, k, d in zip(spatial, module.kernel_size, module.dilation, strict=True)
+    )
+    params = check_window_args(spatial, **kwargs)
+    nbr, valid, bias = neighbor_table(spatial, params, torch.device("cpu"))
+    tiles = tile_table(spatial, params)
+    for n in range(nbr.shape[0]):
+        t, i = divmod(int(tiles.position[n]), tiles.queries.shape[1])
+        assert tiles.queries[t, i] == n
+        row = tiles.bias[t, i]
+        got = {(int(tiles.keys[t, j]), int(row[j])) for j in np.nonzero(row != tiles.rpb_size)[0]}
+        ok = slice(None) if valid is None else valid[n]
+        assert got == set(zip(nbr[n][ok].tolist(), bias[n][ok].tolist(), strict=True))
+
+
+def test_tiles_read_a_halo_not_a_copy_per_neighbour():
+    params = check_window_args((56, 56), 7)
+    tiles = tile_table((56, 56), params)
+    assert tiles.queries.shape == (64, 49)
+    assert tiles.keys.shape == (64, 13 * 13)

@@ -2,17 +2,23 @@
 
 The neighbour table of :mod:`nat.ops.spec` (which key each query attends to, whether it is a
 real neighbour, its RPB index) depends only on the spatial size and the window arguments, so for
-an exported spatial size it is a constant: keys and values are gathered through it, scored,
-masked, soft-maxed and summed with plain ``Gather``/``MatMul``/``Softmax`` nodes. Every window
-rule (dilation, stride, causal masking, even kernels, RPB) lives in the table, so the lowering is
-exact wherever the table is; inputs that every window covers (:func:`nat.ops.spec.covers_input`)
-take dense attention instead, with no gather. The batch size may stay symbolic; the spatial size
-may not.
+an exported spatial size it is a constant. Every window rule (dilation, stride, causal masking,
+even kernels, RPB) lives in that table, so a lowering built from it is exact wherever the table is.
+
+Gathering each query's own keys would copy every key ``prod(kernel_size)`` times. Instead the
+queries are cut into tiles (one window's extent per axis, within one dilation group) and each
+tile attends densely to the union of its queries' neighbours, a halo a few times the tile's size,
+with ``-inf`` on the pairs that are not neighbours: ``Gather``, two batched ``MatMul`` and a
+``Softmax`` per call. Inputs that every window covers (:func:`nat.ops.spec.covers_input`) take
+plain dense attention. The batch size may stay symbolic; the spatial size may not.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -21,7 +27,69 @@ from onnxscript import opset18 as op
 
 from ..ops import spec
 
-__all__ = ["na_forward_onnx", "translation_table"]
+__all__ = ["Tiles", "na_forward_onnx", "tile_table", "translation_table"]
+
+
+@dataclass(frozen=True)
+class Tiles:
+    """Query tiles and their key halos, as index tables (int64).
+
+    ``queries[t, i]``: the ``i``-th query of tile ``t`` (short tiles repeat their first query);
+    ``keys[t, j]``: the ``j``-th key of its halo (short halos repeat their first key);
+    ``bias[t, i, j]``: the RPB index (into ``rpb.reshape(heads, -1)``) of key ``j`` for query
+    ``i``, or ``rpb_size`` where ``j`` is not one of the query's neighbours;
+    ``position[n]``: where query ``n`` sits in ``queries.reshape(-1)``.
+    """
+
+    queries: np.ndarray
+    keys: np.ndarray
+    bias: np.ndarray
+    position: np.ndarray
+    rpb_size: int
+
+
+def _axis_tiles(length: int, kernel: int, dilation: int) -> list[list[int]]:
+    """One axis cut into runs of ``kernel`` queries of one dilation group each."""
+    tiles = []
+    for residue in range(dilation):
+        group = list(range(residue, length, dilation))
+        tiles += [group[i : i + kernel] for i in range(0, len(group), kernel)]
+    return tiles
+
+
+def tile_table(spatial: tuple[int, ...], params: spec.NAParams) -> Tiles:
+    """The :class:`Tiles` of an input of size ``spatial`` for validated window ``params``."""
+    nbr, valid, bias_idx = spec.neighbor_table(spatial, params, torch.device("cpu"))
+    nbr, bias_idx = nbr.long().numpy(), bias_idx.long().numpy()
+    valid = np.ones(nbr.shape, dtype=bool) if valid is None else valid.numpy()
+    rpb_size = math.prod(2 * k - 1 for k in params.kernel_size)
+    strides = [math.prod(spatial[a + 1 :]) for a in range(len(spatial))]
+    per_axis = [
+        _axis_tiles(length, k, d)
+        for length, k, d in zip(spatial, params.kernel_size, params.dilation, strict=True)
+    ]
+    tile_queries, tile_keys = [], []
+    for runs in itertools.product(*per_axis):
+        queries = [
+            sum(i * s for i, s in zip(index, strides, strict=True))
+            for index in itertools.product(*runs)
+        ]
+        tile_queries.append(queries)
+        tile_keys.append(np.unique(nbr[queries][valid[queries]]))
+    width_q = max(len(q) for q in tile_queries)
+    width_k = max(len(k) for k in tile_keys)
+    queries = np.array([q + [q[0]] * (width_q - len(q)) for q in tile_queries], dtype=np.int64)
+    keys = np.stack([np.pad(k, (0, width_k - len(k)), mode="edge") for k in tile_keys])
+    bias = np.full((len(tile_queries), width_q, width_k), rpb_size, dtype=np.int64)
+    for t, halo in enumerate(tile_keys):
+        rows = queries[t]
+        cols = np.searchsorted(halo, nbr[rows])  # [T, P]; halo holds every valid neighbour
+        r, p = np.nonzero(valid[rows])
+        bias[t, r, cols[r, p]] = bias_idx[rows][r, p]
+    position = np.empty(math.prod(spatial), dtype=np.int64)
+    flat = queries.reshape(-1)
+    position[flat[::-1]] = np.arange(flat.size - 1, -1, -1)  # first occurrence wins
+    return Tiles(queries, keys.astype(np.int64), bias, position, rpb_size)
 
 
 def _static_dims(value, name: str) -> tuple[int, ...]:
@@ -67,40 +135,49 @@ def na_forward_onnx(
     spatial, heads, dim = q_dims[1:-2], q_dims[-2], q_dims[-1]
     # Re-check the window against the exported size: a table is only defined for valid windows.
     params = spec.check_window_args(spatial, kernel_size, stride, dilation, is_causal)
-    nbr, valid, bias_idx = spec.neighbor_table(spatial, params, torch.device("cpu"))
-    n = int(nbr.shape[0])
+    n = math.prod(spatial)
 
     def heads_first(t, d: int):
         # [B, *spatial, heads, d] -> [B, heads, N, d]; Reshape's 0 keeps the (symbolic) batch.
         return op.Transpose(op.Reshape(t, _ints([0, n, heads, d])), perm=[0, 2, 1, 3])
 
     q, k, v = heads_first(query, dim), heads_first(key, dim), heads_first(value, dim_v)
-    dense = spec.covers_input(spatial, params)
-    if dense:
-        # Every window is the whole input, in order: scores [B, heads, N, N].
-        s = op.MatMul(q, op.Transpose(k, perm=[0, 1, 3, 2]))
+    if spec.covers_input(spatial, params):
+        # Every window is the whole input, in order: one tile, no gathers, no mask.
+        _, _, bias_idx = spec.neighbor_table(spatial, params, torch.device("cpu"))
+        s = op.MatMul(q, op.Transpose(k, perm=[0, 1, 3, 2]))  # [B, heads, N, N]
+        s = op.Mul(s, op.CastLike(op.Constant(value_float=float(scale)), s))
+        if rpb is not None:
+            table = op.Reshape(rpb, _ints([heads, -1]))
+            s = op.Add(s, op.Gather(table, _const(bias_idx.long().numpy()), axis=1))
+        out = op.MatMul(op.Softmax(s, axis=-1), v)
+        lse = op.ReduceLogSumExp(s, _ints([-1]), keepdims=0) if need_lse else None
     else:
-        idx = _const(nbr.to(torch.int64).numpy())
-        k_nb = op.Gather(k, idx, axis=2)  # [B, heads, N, P, D]
-        q_row = op.Unsqueeze(q, _ints([3]))  # [B, heads, N, 1, D]
-        s = op.Squeeze(op.MatMul(q_row, op.Transpose(k_nb, perm=[0, 1, 2, 4, 3])), _ints([3]))
-    s = op.Mul(s, op.CastLike(op.Constant(value_float=float(scale)), s))
-    if rpb is not None:
-        table = op.Reshape(rpb, _ints([heads, -1]))
-        s = op.Add(s, op.Gather(table, _const(bias_idx.to(torch.int64).numpy()), axis=1))
-    if valid is not None:
-        minus_inf = op.CastLike(op.Constant(value_float=float("-inf")), s)
-        s = op.Where(_const(valid.numpy()), s, minus_inf)
-    p = op.Softmax(s, axis=-1)
-    if dense:
-        out = op.MatMul(p, v)
-    else:
-        v_nb = op.Gather(v, idx, axis=2)  # [B, heads, N, P, Dv]
-        out = op.Squeeze(op.MatMul(op.Unsqueeze(p, _ints([3])), v_nb), _ints([3]))
+        tiles = tile_table(spatial, params)
+        q_t = op.Gather(q, _const(tiles.queries), axis=2)  # [B, heads, tiles, T, D]
+        k_t = op.Gather(k, _const(tiles.keys), axis=2)  # [B, heads, tiles, M, D]
+        v_t = op.Gather(v, _const(tiles.keys), axis=2)  # [B, heads, tiles, M, Dv]
+        s = op.MatMul(q_t, op.Transpose(k_t, perm=[0, 1, 2, 4, 3]))  # [B, heads, tiles, T, M]
+        s = op.Mul(s, op.CastLike(op.Constant(value_float=float(scale)), s))
+        # Non-neighbours index one extra column of -inf appended to the RPB table (a single
+        # row of zeros without RPB): mask and bias in one Gather.
+        if rpb is None:
+            rows, table = 1, op.CastLike(_const(np.zeros((1, tiles.rpb_size), np.float32)), s)
+        else:
+            rows, table = heads, op.Reshape(rpb, _ints([heads, -1]))
+        minus_inf = op.CastLike(_const(np.full((rows, 1), -np.inf, np.float32)), s)
+        table = op.Concat(table, minus_inf, axis=1)  # [heads or 1, R + 1]
+        s = op.Add(s, op.Gather(table, _const(tiles.bias), axis=1))
+        tiled = [0, heads, tiles.queries.size]
+        out = op.Reshape(op.MatMul(op.Softmax(s, axis=-1), v_t), _ints([*tiled, dim_v]))
+        position = _const(tiles.position)
+        out = op.Gather(out, position, axis=2)  # [B, heads, N, Dv]
+        lse = None
+        if need_lse:
+            lse = op.ReduceLogSumExp(s, _ints([-1]), keepdims=0)
+            lse = op.Gather(op.Reshape(lse, _ints(tiled)), position, axis=2)
     out = op.Reshape(op.Transpose(out, perm=[0, 2, 1, 3]), _ints([0, *spatial, heads, dim_v]))
-    if need_lse:
-        lse = op.ReduceLogSumExp(s, _ints([-1]), keepdims=0)
-    else:
+    if lse is None:
         lse = _const(np.zeros((0,), dtype=np.float32))
     return out, lse
 
