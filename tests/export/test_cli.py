@@ -17,7 +17,7 @@ def test_onnx_export_prints_the_check(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert status == 0
     assert out[0].startswith(f"wrote {path} (onnx, input [1, 3, 32, 32], opset ")
-    assert out[1].startswith("checked in onnxruntime at batch 1: largest difference ")
+    assert out[1].startswith("checked in onnxruntime at batch 1, size 32x32: largest difference ")
     assert path.stat().st_size > 0
 
 
@@ -35,6 +35,23 @@ def test_checkpoint_weights_are_exported(tmp_path, capsys):
         torch.testing.assert_close(load_program(path).module()(x), model(x))
 
 
+def test_dynamic_size_program_takes_other_sizes(tmp_path, capsys):
+    model = nat_digits()
+    torch.save(model.state_dict(), tmp_path / "digits.pth")
+    path = tmp_path / "digits.pt2"
+    argv = ["export", "nat_digits", "--format", "exported-program", "--output", str(path)]
+    argv += ["--checkpoint", str(tmp_path / "digits.pth")]
+    assert main([*argv, "--dynamic-size", "--input-size", "40", "48"]) == 0
+    out = capsys.readouterr().out
+    assert "input [1, 3, H>=33, W>=33]" in out
+    assert "size 40x48, 33x33:" in out
+    program = load_program(path).module()
+    for size in ((33, 70), (64, 35)):
+        x = torch.randn(1, 3, *size)
+        with torch.no_grad():
+            torch.testing.assert_close(program(x), model(x))
+
+
 EXPORT = ["export", "nat_digits", "--output", "{dir}/out.onnx"]
 CASES = [
     ([*EXPORT, "--format", "tflite"], "--format"),
@@ -49,6 +66,11 @@ CASES = [
     (["export", "bogus_model", "--format", "onnx", "--output", "{dir}/o.onnx"], "bogus_model"),
     ([*EXPORT, "--format", "onnx", "--checkpoint", "{dir}/missing.pth"], "missing.pth"),
     ([*EXPORT, "--format", "exported-program", "--backend", "fused"], "backend='fused'"),
+    ([*EXPORT, "--format", "onnx", "--dynamic-size"], "--dynamic-size"),
+    (
+        [*EXPORT, "--format", "exported-program", "--dynamic-size", "--input-size", "20", "48"],
+        "input_size=(20, 48) is below (33, 33)",
+    ),
 ]
 
 

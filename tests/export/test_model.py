@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nat.export import TOLERANCE, export_model, largest_difference, run_onnx
+from nat.export import TOLERANCE, export_model, largest_difference, min_dynamic_size, run_onnx
 
 from .models import nat_digits, tiny_backbone, tiny_dinat
 
@@ -39,6 +39,21 @@ def test_exported_program_of_dinat(tmp_path):
     assert result.opset is None
 
 
+def test_min_dynamic_size_is_where_no_block_pads():
+    # nat_digits: kernel 3 on three levels; level 2 sees ceil(H / 16) rows, which must be >= 3.
+    assert min_dynamic_size(nat_digits()) == (33, 33)
+    # tiny DiNAT: dilation 2 at level 0 (ceil(H / 4) >= 6), kernel 3 at level 1 (ceil(H / 8) >= 3)
+    assert min_dynamic_size(tiny_dinat()) == (21, 21)
+
+
+def test_dynamic_size_exported_program_is_checked_at_the_smallest_size(tmp_path):
+    result = export_model(
+        tiny_backbone(), tmp_path / "bb.pt2", "exported-program", (40, 36), dynamic_size=True
+    )
+    assert result.ok
+    assert (result.min_size, result.checked_sizes) == ((21, 21), ((40, 36), (21, 21)))
+
+
 def test_the_opset_is_the_one_asked_for(tmp_path):
     result = export_model(nat_digits(), tmp_path / "d.onnx", "onnx", opset=18)
     assert result.opset == 18
@@ -53,6 +68,7 @@ def test_the_opset_is_the_one_asked_for(tmp_path):
         (dict(format="exported-program", opset=18), "opset=18 only applies to format='onnx'"),
         (dict(opset=17), "opset=17 must be an integer >= 18"),
         (dict(input_size=(32,)), r"input_size=\(32,\) must be two integers"),
+        (dict(dynamic_size=True), "dynamic_size=True needs format='exported-program'"),
     ],
 )
 def test_bad_arguments_are_refused_before_writing(kwargs, message, tmp_path):

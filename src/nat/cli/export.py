@@ -61,6 +61,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--opset", type=positive_int, default=None, help="ONNX opset (default: the exporter's)"
     )
     p.add_argument(
+        "--dynamic-size",
+        action="store_true",
+        help="exported-program only: any height and width from the model's smallest on",
+    )
+    p.add_argument(
         "--backend",
         default=None,
         help="NA backend an exported program calls (default: the best here; 'torch' runs on "
@@ -88,18 +93,30 @@ def _export(args: argparse.Namespace) -> int:
         raise CLIError(f"--opset={args.opset} only applies to --format onnx")
     if args.opset is not None and args.opset < MIN_OPSET:
         raise CLIError(f"--opset={args.opset} must be >= {MIN_OPSET}")
+    if args.dynamic_size and args.format != "exported-program":
+        raise CLIError("--dynamic-size only applies to --format exported-program")
     model = _load(args.model, args.checkpoint)
     result = export_model(
-        model, args.output, args.format, args.input_size, args.batch, args.opset, args.backend
+        model,
+        args.output,
+        args.format,
+        input_size=args.input_size,
+        batch=args.batch,
+        opset=args.opset,
+        backend=args.backend,
+        dynamic_size=args.dynamic_size,
     )
     shape = ["batch" if result.dynamic_batch else str(result.input_shape[0])]
     shape += [str(s) for s in result.input_shape[1:]]
+    if result.min_size is not None:
+        shape[-2:] = [f"H>={result.min_size[0]}", f"W>={result.min_size[1]}"]
     opset = "" if result.opset is None else f", opset {result.opset}"
     print(f"wrote {result.path} ({result.format}, input [{', '.join(shape)}]{opset})")
     runner = "onnxruntime" if result.format == "onnx" else "the reloaded program"
     batches = ", ".join(map(str, result.checked_batches))
+    sizes = ", ".join(f"{h}x{w}" for h, w in result.checked_sizes)
     print(
-        f"checked in {runner} at batch {batches}: largest difference "
+        f"checked in {runner} at batch {batches}, size {sizes}: largest difference "
         f"{result.max_abs_diff:.3g} (relative {result.max_rel_diff:.3g})"
     )
     if not result.ok:

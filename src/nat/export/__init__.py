@@ -9,7 +9,15 @@ and as ONNX files of standard operators that onnxruntime runs with no custom op.
 ``onnx``, ``onnxruntime`` and ``onnxscript`` come with the ``export`` extra.
 """
 
-from .model import FORMATS, TOLERANCE, ExportResult, export_model, image_input, largest_difference
+from .model import (
+    FORMATS,
+    TOLERANCE,
+    ExportResult,
+    export_model,
+    image_input,
+    largest_difference,
+    min_dynamic_size,
+)
 from .onnx_file import MIN_OPSET, export_onnx, onnx_program, run_onnx
 from .program import export_program, load_program, na_nodes, save_program
 
@@ -24,6 +32,7 @@ __all__ = [
     "image_input",
     "largest_difference",
     "load_program",
+    "min_dynamic_size",
     "na_nodes",
     "onnx_program",
     "run_onnx",

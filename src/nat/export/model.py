@@ -26,6 +26,7 @@ __all__ = [
     "export_model",
     "image_input",
     "largest_difference",
+    "min_dynamic_size",
 ]
 
 FORMATS = ("onnx", "exported-program")
@@ -46,6 +47,10 @@ class ExportResult:
     input_shape: tuple[int, ...]
     """The example input's shape; with ``dynamic_batch`` its batch axis is free."""
     dynamic_batch: bool
+    min_size: tuple[int, int] | None
+    """The smallest ``(H, W)`` of a dynamic-size program (``None``: the example's size only)."""
+    checked_sizes: tuple[tuple[int, int], ...]
+    """``(H, W)`` the file was checked at: the example's, and :attr:`min_size`."""
     opset: int | None
     """The ONNX file's opset (``None`` for an exported program)."""
     checked_batches: tuple[int, ...]
@@ -96,6 +101,26 @@ def image_input(
     return torch.randn((batch, chans, height, width), generator=generator)
 
 
+def min_dynamic_size(model: NATTrunk) -> tuple[int, int]:
+    """The smallest ``(H, W)`` from which a NAT trunk's height and width can be left free.
+
+    Level ``i`` sees ``ceil(H / 2**(i + 2))`` rows; from this size on every level's map is at
+    least its largest ``kernel_size * dilation``, so no block pads and the traced program holds
+    for every larger size.
+    """
+    if not isinstance(model, NATTrunk):
+        raise ValueError(
+            f"a dynamic input size is worked out for NAT/DiNAT models, not {type(model).__name__}"
+        )
+    size = [1, 1]
+    for i, level in enumerate(model.levels):
+        for block in level.blocks:
+            attn = block.attn
+            for axis, (k, d) in enumerate(zip(attn.kernel_size, attn.dilation, strict=True)):
+                size[axis] = max(size[axis], 2 ** (i + 2) * (k * d - 1) + 1)
+    return size[0], size[1]
+
+
 def _flat_outputs(out: object) -> list[torch.Tensor]:
     if isinstance(out, torch.Tensor):
         return [out]
@@ -125,6 +150,7 @@ def export_model(
     batch: int | str = 1,
     opset: int | None = None,
     backend: str | None = None,
+    dynamic_size: bool = False,
     seed: int = 0,
 ) -> ExportResult:
     """Export ``model`` (eval mode, CPU) to ``output`` and check the written file.
@@ -134,7 +160,9 @@ def export_model(
     ``(H, W)``, default the model's configured size. ``batch``: a fixed batch size, or
     ``"dynamic"``: the file then takes any batch size and is checked at two that differ from the
     example's. ``backend``: the NA backend an exported program calls (see
-    :func:`nat.export.export_program`); an ONNX file does not depend on it.
+    :func:`nat.export.export_program`); an ONNX file does not depend on it. ``dynamic_size``:
+    an exported program of a NAT/DiNAT model takes any height and width from
+    :func:`min_dynamic_size` up (checked there too); ONNX files are built for one size.
     """
     dynamic_batch = batch == "dynamic"
     if not dynamic_batch and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
@@ -143,11 +171,27 @@ def export_model(
         raise ValueError(f"format={format!r} must be one of {', '.join(FORMATS)}")
     if format != "onnx" and opset is not None:
         raise ValueError(f"opset={opset} only applies to format='onnx', not {format!r}")
+    if dynamic_size and format == "onnx":
+        raise ValueError(
+            "dynamic_size=True needs format='exported-program': an ONNX file holds the "
+            "neighbour tables of one input size"
+        )
     model = model.eval()
     generator = torch.Generator().manual_seed(seed)
     example_batch = _EXAMPLE_BATCH if dynamic_batch else batch
     example = image_input(model, input_size, example_batch, generator)
-    program = export_program(model, example, dynamic_batch, backend)
+    sizes = [tuple(example.shape[-2:])]
+    dynamic_axes, low = None, None
+    if dynamic_size:
+        low = min_dynamic_size(model)
+        if example.shape[-2] < low[0] or example.shape[-1] < low[1]:
+            raise ValueError(
+                f"input_size={tuple(example.shape[-2:])} is below {low}, the smallest size a "
+                f"dynamic-size export of this model takes"
+            )
+        dynamic_axes = {2: (low[0], None), 3: (low[1], None)}
+        sizes.append(low)
+    program = export_program(model, example, dynamic_batch, backend, dynamic_axes)
     run: Callable[[torch.Tensor], list[torch.Tensor]]
     if format == "onnx":
         path = export_onnx(program, example, output, opset=opset)
@@ -165,13 +209,23 @@ def export_model(
     batches = _CHECK_BATCHES if dynamic_batch else (example_batch,)
     worst_abs, worst_rel = 0.0, 0.0
     for batch in batches:
-        x = image_input(model, example.shape[-2:], batch, generator)
-        with torch.no_grad():
-            reference = _flat_outputs(model(x))
-            diff, rel = largest_difference(run(x), reference)
-        worst_abs, worst_rel = max(worst_abs, diff), max(worst_rel, rel)
+        for size in sizes:
+            x = image_input(model, size, batch, generator)
+            with torch.no_grad():
+                reference = _flat_outputs(model(x))
+                diff, rel = largest_difference(run(x), reference)
+            worst_abs, worst_rel = max(worst_abs, diff), max(worst_rel, rel)
     return ExportResult(
-        path, format, tuple(example.shape), dynamic_batch, opset, batches, worst_abs, worst_rel
+        path,
+        format,
+        tuple(example.shape),
+        dynamic_batch,
+        low,
+        tuple(sizes),
+        opset,
+        batches,
+        worst_abs,
+        worst_rel,
     )
 
 

@@ -8,6 +8,7 @@ is recorded without its log-sum-exp, the inference form.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -37,6 +38,7 @@ def export_program(
     example: torch.Tensor,
     dynamic_batch: bool = True,
     backend: str | None = None,
+    dynamic_axes: Mapping[int, tuple[int, int | None]] | None = None,
 ) -> torch.export.ExportedProgram:
     """``torch.export.export`` of ``model`` (in eval mode) on one input like ``example``.
 
@@ -48,6 +50,10 @@ def export_program(
     Each NA node records the backend it calls: ``backend``, or (``None``) the one eager mode
     would use for ``example``'s device. ``"torch"`` makes a program that runs on any device and
     machine; the default ``cpu`` kernel is faster but needs the kernel built where it runs.
+
+    ``dynamic_axes`` makes more axes free: ``{axis: (min, max)}`` (``max`` ``None``: unbounded),
+    e.g. height and width from :func:`nat.export.min_dynamic_size` up. The NA op builds its
+    neighbour table for each input it is given, so the program stays exact at every size.
     """
     _check_example(example, dynamic_batch)
     backend = resolve_backend(backend, example.device)
@@ -56,7 +62,16 @@ def export_program(
             "backend='reference' computes outside the registered op; an exported program "
             "needs a registered backend"
         )
-    shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
+    axes = {0: torch.export.Dim("batch", min=1)} if dynamic_batch else {}
+    for axis, (low, high) in (dynamic_axes or {}).items():
+        size = example.shape[axis] if 0 < axis < example.dim() else None
+        if size is None or size < low or (high is not None and size > high):
+            raise ValueError(
+                f"dynamic_axes={dict(dynamic_axes)!r}: axis {axis} of an example of shape "
+                f"{tuple(example.shape)} must exist, not be the batch, and lie in its range"
+            )
+        axes[axis] = torch.export.Dim(f"axis{axis}", min=low, max=high)
+    shapes = (axes,) if axes else None
     was_training = model.training
     model.eval()
     try:
