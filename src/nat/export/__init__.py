@@ -18,7 +18,7 @@ from .model import (
     largest_difference,
     min_dynamic_size,
 )
-from .onnx_file import MIN_OPSET, export_onnx, onnx_program, run_onnx
+from .onnx_file import MIN_OPSET, export_onnx, onnx_program, onnx_session, run_onnx
 from .program import export_program, load_program, na_nodes, save_program
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "min_dynamic_size",
     "na_nodes",
     "onnx_program",
+    "onnx_session",
     "run_onnx",
     "save_program",
 ]

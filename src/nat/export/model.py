@@ -16,7 +16,7 @@ from torch import nn
 
 from ..files import PathLike
 from ..models import NATTrunk
-from .onnx_file import export_onnx, run_onnx
+from .onnx_file import export_onnx, onnx_session, run_onnx
 from .program import export_program, load_program, save_program
 
 __all__ = [
@@ -196,9 +196,10 @@ def export_model(
     if format == "onnx":
         path = export_onnx(program, example, output, opset=opset)
         opset = _file_opset(path)
+        session = onnx_session(path)
 
         def run(x: torch.Tensor) -> list[torch.Tensor]:
-            return [torch.from_numpy(o) for o in run_onnx(path, [x.numpy()])]
+            return [torch.from_numpy(o) for o in run_onnx(session, [x.numpy()])]
     else:
         path = save_program(program, output)
         loaded = load_program(path).module()

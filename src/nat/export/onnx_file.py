@@ -20,7 +20,7 @@ from ..files import PathLike, atomic_write
 from .na_onnx import translation_table
 from .program import export_program
 
-__all__ = ["MIN_OPSET", "export_onnx", "onnx_program", "run_onnx"]
+__all__ = ["MIN_OPSET", "export_onnx", "onnx_program", "onnx_session", "run_onnx"]
 
 MIN_OPSET = 18
 """The oldest opset PyTorch's ONNX exporter (``dynamo=True``) writes."""
@@ -93,12 +93,20 @@ def export_onnx(
     return atomic_write(path, proto.SerializeToString())
 
 
-def run_onnx(path: PathLike, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Run an ONNX file in onnxruntime on the CPU: its outputs for ``inputs`` (in input order)."""
+def onnx_session(path: PathLike):
+    """An onnxruntime CPU session of an ONNX file, for :func:`run_onnx` calls in a row."""
     import onnxruntime
 
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def run_onnx(source, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Outputs of an ONNX file (a path, or an :func:`onnx_session`) in onnxruntime on the CPU.
+
+    ``inputs`` come in the file's input order.
+    """
+    session = source if hasattr(source, "get_inputs") else onnx_session(source)
     names = [i.name for i in session.get_inputs()]
     if len(names) != len(inputs):
-        raise ValueError(f"{path} takes {len(names)} inputs ({names}); got {len(inputs)}")
+        raise ValueError(f"the ONNX file takes {len(names)} inputs ({names}); got {len(inputs)}")
     return session.run(None, dict(zip(names, inputs, strict=True)))
