@@ -91,10 +91,9 @@ def tile_table(spatial: tuple[int, ...], params: spec.NAParams) -> Tiles:
         cols = np.searchsorted(halo, nbr[rows])  # [T, P]; halo holds every valid neighbour
         r, p = np.nonzero(valid[rows])
         bias[t, r, cols[r, p]] = bias_idx[rows][r, p]
-    position = np.empty(math.prod(spatial), dtype=np.int64)
-    flat = queries.reshape(-1)
-    position[flat[::-1]] = np.arange(flat.size - 1, -1, -1)  # first occurrence wins
-    return Tiles(queries, keys.astype(np.int64), bias, position, rpb_size)
+    # Every query is in exactly one tile (padding repeats it): take its first place.
+    _, position = np.unique(queries.reshape(-1), return_index=True)
+    return Tiles(queries, keys.astype(np.int64), bias, position.astype(np.int64), rpb_size)
 
 
 def _static_dims(value, name: str) -> tuple[int, ...]:
