@@ -98,6 +98,18 @@ SMALL: dict[str, tuple[str, str | None]] = {
         "nat convert nat_tiny_maskrcnn.pth backbone.safetensors",
         None,
     ),
+    "nat export nat_tiny --checkpoint nat_tiny.pth --format onnx --output nat_tiny.onnx "
+    "--batch dynamic": (
+        "nat export nat_tiny --checkpoint nat_tiny.pth --format onnx --output nat_tiny.onnx "
+        "--batch dynamic --input-size 64 64",
+        None,
+    ),
+    "nat export dinat_tiny --format exported-program --output dinat_tiny.pt2 "
+    "--input-size 256 256": (
+        "nat export dinat_tiny --format exported-program --output dinat_tiny.pt2 "
+        "--input-size 64 64",
+        None,
+    ),
 }
 
 
