@@ -110,3 +110,24 @@ def test_bench_plot_writes_png(tmp_path):
     assert main(argv) == 0
     assert main(["bench", "plot", str(data), "--out", str(replot)]) == 0
     assert png.read_bytes()[:8] == replot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_models_onnx_adds_onnxruntime_rows(tmp_path, capsys):
+    path = tmp_path / "models.json"
+    argv = ["bench", "models", "--quick", "--onnx", "--dtype", "float32", "--json", str(path)]
+    assert main([*argv, *FAST]) == 0
+    rows = [r for r in json.loads(path.read_text())["rows"] if r["runtime"] == "onnxruntime"]
+    assert {(r["model"], r["task"]) for r in rows} == {
+        ("test_vit", "onnx_b1"),
+        ("test_vit", "onnx_b2"),
+        ("test_convnext", "onnx_b1"),
+        ("test_convnext", "onnx_b2"),
+    }
+    assert all(r["median_ms"] > 0 and r["peak_bytes"] is None for r in rows)
+    assert "onnxruntime img/s b2" in capsys.readouterr().out
+
+
+def test_bench_models_onnx_needs_float32_on_the_cpu(capsys):
+    argv = ["bench", "models", "--quick", "--onnx", "--dtype", "bfloat16", *FAST]
+    assert main(argv) == 2
+    assert "onnx rows run in onnxruntime on the CPU" in capsys.readouterr().err

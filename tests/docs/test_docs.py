@@ -61,6 +61,10 @@ SMALL: dict[str, tuple[str, str | None]] = {
     ),
     "nat bench models": (f"nat bench models --quick {FAST}", None),
     "nat bench models --quick": (f"nat bench models --quick {FAST}", None),
+    "nat bench models --models nat_tiny,swin_tiny_patch4_window7_224 --dtype float32 --onnx": (
+        f"nat bench models --quick --dtype float32 --onnx {FAST}",
+        None,
+    ),
     "nat bench models --dtype float32 --batch-sizes 8": (
         f"nat bench models --quick --dtype float32 --batch-sizes 8 {FAST}",
         None,

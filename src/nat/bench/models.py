@@ -3,16 +3,21 @@
 Per model and dtype: inference throughput (images/s, ``eval()``, no grad) at each inference batch
 size, and one training step (forward, cross-entropy, backward, AdamW step) at the training batch
 size, with their peak memory. bfloat16 runs the model's float32 weights under
-``torch.autocast``, the way mixed-precision training and inference are run. All models of one
-dtype are measured in one interleaved group, and every row carries its ratio to the baseline model
-(Swin-T by default).
+``torch.autocast``, the way mixed-precision training and inference are run. With ``onnx``, each
+model is also exported to ONNX (:mod:`nat.export`, dynamic batch) and its float32 inference
+measured in onnxruntime on the CPU (tasks ``onnx_b<batch>``; onnxruntime's memory is not seen by
+PyTorch's profiler, so those rows carry no peak memory). All models of one dtype are measured in
+one interleaved group, and every row carries its ratio to the baseline model (Swin-T by default)
+for the same task.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
+import tempfile
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import timm
 import torch
@@ -93,6 +98,31 @@ def _train_call(
     return call
 
 
+def _onnx_call(session: object, images: torch.Tensor) -> Callable[[], None]:
+    from ..export import run_onnx
+
+    inputs = [images.numpy()]
+
+    def call() -> None:
+        run_onnx(session, inputs)
+
+    return call
+
+
+def _onnx_sessions(
+    models: dict[str, nn.Module], img_size: int | None, folder: Path, generator: torch.Generator
+) -> dict[str, object]:
+    """An onnxruntime session per model (exported with a dynamic batch into ``folder``)."""
+    from ..export import export_onnx, onnx_session
+
+    sessions = {}
+    for name, model in models.items():
+        example = torch.randn((2, *_input_size(model, img_size)), generator=generator)
+        path = export_onnx(model.eval(), example, folder / f"{name}.onnx", dynamic_batch=True)
+        sessions[name] = onnx_session(path)
+    return sessions
+
+
 def run_models(
     models: Sequence[str] = DEFAULT_MODELS,
     device: torch.device | str = "cpu",
@@ -107,13 +137,17 @@ def run_models(
     progress: bool = True,
     command: str | None = None,
     seed: int = 0,
+    onnx: bool = False,
 ) -> dict:
     """Measure ``models``; returns the JSON-ready result (rows, skipped models, machine, settings).
 
     A model timm does not know is skipped and listed under ``skipped``. The image size is the
     model's own (``pretrained_cfg["input_size"]``, 224 for the default models) unless given.
+    ``onnx``: also onnxruntime inference rows (float32, CPU; needs the ``export`` extra).
     """
     device = torch.device(device)
+    if onnx and (device.type != "cpu" or torch.float32 not in dtypes):
+        raise ValueError("onnx rows run in onnxruntime on the CPU: use device cpu with float32")
     machine = machine_info(device)
     _register_nat_models()
     generator = torch.Generator().manual_seed(seed)
@@ -130,8 +164,11 @@ def run_models(
         raise ValueError(f"baseline model {baseline!r} cannot be measured: {reason}")
     tasks = [f"infer_b{b}" for b in batch_sizes] + ["train"]
     steps = len(dtypes) * len(loaded) * len(tasks) * (warmup + repeats + 1)
+    steps += onnx * len(loaded) * len(batch_sizes) * (warmup + repeats + 1)
     rows = []
-    with tqdm(total=steps, desc="bench models", unit="call", disable=not progress) as bar:
+    folder = tempfile.TemporaryDirectory(prefix="nat-bench-onnx-")
+    sessions = _onnx_sessions(loaded, img_size, Path(folder.name), generator) if onnx else {}
+    with folder, tqdm(total=steps, desc="bench models", unit="call", disable=not progress) as bar:
         for dtype in dtypes:
             bar.set_postfix_str(str(dtype).removeprefix("torch."))
             calls: dict[str, Callable[[], None]] = {}
@@ -148,6 +185,10 @@ def run_models(
                 )
                 calls[f"{name}|train"] = _train_call(model, images, labels, device, dtype)
                 batches[f"{name}|train"] = train_batch
+                for b in batch_sizes if dtype == torch.float32 and name in sessions else ():
+                    images = torch.randn((b, *size), generator=generator)
+                    calls[f"{name}|onnx_b{b}"] = _onnx_call(sessions[name], images)
+                    batches[f"{name}|onnx_b{b}"] = b
             measured = measure_group(calls, device, repeats, warmup, on_step=bar.update)
             for key, m in measured.items():
                 name, task = key.split("|")
@@ -162,7 +203,8 @@ def run_models(
                         "median_ms": median_ms,
                         "times_ms": [1e3 * t for t in m.times_s],
                         "images_per_s": None if not median_ms else batches[key] / median_ms * 1e3,
-                        "peak_bytes": m.peak_bytes,
+                        "runtime": "onnxruntime" if task.startswith("onnx") else "torch",
+                        "peak_bytes": None if task.startswith("onnx") else m.peak_bytes,
                         "error": m.error,
                     }
                 )
@@ -179,6 +221,7 @@ def run_models(
             "img_size": img_size,
             "repeats": repeats,
             "warmup": warmup,
+            "onnx": onnx,
             "baseline": baseline,
             "target": target,
             "train_step": "forward + cross-entropy + backward + AdamW step",

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
+
+from .. import files
 
 __all__ = [
     "checks_table",
@@ -145,6 +146,31 @@ def models_table(result: dict) -> str:
     return _table(header, lines)
 
 
+def onnx_table(result: dict) -> str:
+    """One line per model: float32 images/s in eager PyTorch and in onnxruntime per batch size,
+    onnxruntime's speed-up over eager, and its images/s against the baseline's in onnxruntime."""
+    by_key = {(r["model"], r["task"]): r for r in result["rows"] if r["dtype"] == "float32"}
+    batch_sizes = result["settings"]["batch_sizes"]
+    baseline = _short(result["settings"]["baseline"])
+    lines = []
+    for model in dict.fromkeys(r["model"] for r in result["rows"]):
+        cells = [model]
+        for b in batch_sizes:
+            eager, ort = by_key.get((model, f"infer_b{b}")), by_key.get((model, f"onnx_b{b}"))
+            if ort is None or eager is None:
+                cells += ["-"] * 4
+                continue
+            fast = eager["median_ms"] / ort["median_ms"] if ort["median_ms"] else None
+            vs = 1 / ort["time_ratio_to_baseline"] if ort["time_ratio_to_baseline"] else None
+            cells += [_ms(eager["images_per_s"]), _ms(ort["images_per_s"]), _ratio(fast)]
+            cells.append(_ratio(vs))
+        lines.append(cells)
+    header = ["model (float32)"]
+    for b in batch_sizes:
+        header += [f"eager img/s b{b}", f"onnxruntime img/s b{b}", "ort / eager", f"/ {baseline}"]
+    return _table(header, lines)
+
+
 def _short(model: str) -> str:
     return {"swin_tiny_patch4_window7_224": "Swin-T"}.get(model, model)
 
@@ -194,13 +220,13 @@ def format_result(result: dict) -> str:
         f"{settings['warmup']} warm-up, peak memory from {settings['memory_method']}"
     )
     lines += ["", table, "", checks_table(result)]
+    if settings.get("onnx"):
+        lines += ["", onnx_table(result)]
     for name, why in result.get("skipped", {}).items():
         lines.append(f"skipped {name}: {why}")
     return "\n".join(lines)
 
 
 def write_json(result: dict, path: str | Path) -> None:
-    """Write ``result`` as indented JSON, creating the folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    """Write ``result`` as indented, valid JSON (atomically, creating the folder)."""
+    files.write_json(path, result)

@@ -146,6 +146,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     models.add_argument("--baseline", help="model the ratios refer to (default: Swin-T)")
     models.add_argument(
+        "--onnx",
+        action="store_true",
+        help="also export each model to ONNX and time float32 inference in onnxruntime (CPU)",
+    )
+    models.add_argument(
         "--batch-sizes", type=_positive_ints, help="inference batch sizes (default: 1,8)"
     )
     models.add_argument("--train-batch", type=positive_int, help="training batch size (default: 8)")
@@ -278,6 +283,8 @@ def run_models_command(args: argparse.Namespace) -> int:
     ]
     if args.img_size:
         words += ["--img-size", str(args.img_size)]
+    if args.onnx:
+        words.append("--onnx")
     result = bench_models.run_models(
         names,
         device,
@@ -290,6 +297,7 @@ def run_models_command(args: argparse.Namespace) -> int:
         baseline,
         progress=not args.no_progress,
         command=_command(words, args),
+        onnx=args.onnx,
     )
     return _finish(args, result)
 
