@@ -8,7 +8,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nat.ops.reference import axis_relation
-from nat.ops.spec import NAParams, axis_window, neighbor_table
+from nat.ops.spec import (
+    NAParams,
+    axis_rpb_start,
+    axis_window,
+    axis_window_start,
+    inverse_window_radius,
+    neighbor_table,
+)
 
 
 def natten014_window_start(index: int, length: int, kernel: int, dilation: int) -> int:
@@ -139,6 +146,53 @@ def test_enumerated_window_agrees_with_reference_predicate(
         for j, ok, b in zip(keys[i], valid[i], bias[i], strict=True):
             if ok:
                 assert rpb_index[i, j] == b
+
+
+@given(
+    length_extra=st.integers(0, 9),
+    kernel=st.integers(2, 9),
+    dilation=st.integers(1, 4),
+    causal=st.booleans(),
+    data=st.data(),
+)
+def test_closed_form_window_equals_the_table(length_extra, kernel, dilation, causal, data):
+    stride = data.draw(st.integers(1, kernel))
+    length = kernel * dilation + length_extra
+    keys, valid, bias = axis_window(length, kernel, stride, dilation, causal)
+    i = torch.arange(length)
+    args = (length, kernel, stride, dilation, causal)
+    t = torch.arange(kernel)
+    closed_keys = axis_window_start(i, *args).unsqueeze(1) + t * dilation
+    closed_valid = (closed_keys >= 0) & (closed_keys <= i.unsqueeze(1)) if causal else None
+    closed_bias = axis_rpb_start(i, *args).unsqueeze(1) + t
+    ok = torch.tensor(valid)
+    if causal:
+        assert torch.equal(closed_valid, ok)
+    assert torch.equal(closed_keys[ok], torch.tensor(keys)[ok])
+    assert torch.equal(closed_bias[ok], torch.tensor(bias)[ok])
+
+
+@given(
+    length_extra=st.integers(0, 9),
+    kernel=st.integers(2, 9),
+    dilation=st.integers(1, 3),
+    causal=st.booleans(),
+    data=st.data(),
+)
+def test_queries_attend_only_keys_within_the_inverse_radius(
+    length_extra, kernel, dilation, causal, data
+):
+    stride = data.draw(st.integers(1, kernel))
+    length = kernel * dilation + length_extra
+    keys, valid, _ = axis_window(length, kernel, stride, dilation, causal)
+    radius = inverse_window_radius(kernel, stride)
+    distances = [
+        abs(j - i) // dilation
+        for i in range(length)
+        for j, ok in zip(keys[i], valid[i], strict=True)
+        if ok
+    ]
+    assert max(distances) <= radius
 
 
 def test_neighbor_table_is_the_cartesian_product_of_axes():

@@ -20,6 +20,8 @@ import torch
 __all__ = [
     "NAParams",
     "axis_window",
+    "axis_window_start",
+    "axis_rpb_start",
     "check_additional_kv",
     "check_dense_args",
     "check_merge_args",
@@ -27,6 +29,7 @@ __all__ = [
     "check_rpb_window",
     "check_window_args",
     "covers_input",
+    "inverse_window_radius",
     "neighbor_table",
     "normalize_tuple",
 ]
@@ -378,6 +381,54 @@ def axis_window(
         valid.append(ok)
         bias.append([kj - qi + kernel - 1 for kj in group_keys])
     return keys, valid, bias
+
+
+def _group_window(
+    i: torch.Tensor, length: int, kernel: int, stride: int, dilation: int, causal: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(qi, first)``: query ``i``'s index inside its dilation group and the group index of its
+    window's first key (negative near the start of a causal axis)."""
+    residue, qi = i % dilation, i // dilation
+    group_len = (length - residue + dilation - 1) // dilation
+    if causal:
+        leader = torch.minimum((qi // stride) * stride + stride - 1, group_len - 1)
+        return qi, leader - kernel + 1
+    left = kernel // 2
+    right = kernel // 2 if kernel % 2 else kernel // 2 - 1
+    leader = torch.minimum((qi // stride) * stride + stride // 2, group_len - 1)
+    centre = torch.minimum(leader.clamp(min=left), group_len - 1 - right)
+    return qi, centre - left
+
+
+def axis_window_start(
+    i: torch.Tensor, length: int, kernel: int, stride: int, dilation: int, causal: bool
+) -> torch.Tensor:
+    """Closed form of :func:`axis_window`: the first key of each query ``i`` (an integer tensor).
+
+    Query ``i``'s keys are ``start + t * dilation`` for ``t`` in ``range(kernel)``; key ``j`` is
+    a real neighbour when ``0 <= j <= i`` on a causal axis (every key is, otherwise). Index
+    arithmetic instead of an ``[N, K]`` table: what the GPU kernels compute per query.
+    """
+    qi, first = _group_window(i, length, kernel, stride, dilation, causal)
+    return first * dilation + i % dilation
+
+
+def axis_rpb_start(
+    i: torch.Tensor, length: int, kernel: int, stride: int, dilation: int, causal: bool
+) -> torch.Tensor:
+    """Closed form of :func:`axis_window`'s RPB indices: key ``t`` of query ``i`` reads RPB
+    entry ``start + t`` on this axis, ``start`` in ``[0, kernel - 1]``."""
+    qi, first = _group_window(i, length, kernel, stride, dilation, causal)
+    return first - qi + kernel - 1
+
+
+def inverse_window_radius(kernel: int, stride: int) -> int:
+    """How far (in dilation-group steps) a query can be from a key it attends to on one axis.
+
+    A window of ``kernel`` keys holds its stride group's leader, at most ``stride - 1`` steps
+    from the query; the backward kernels visit, for a tile of keys, only the queries this close.
+    """
+    return kernel + stride - 2
 
 
 def covers_input(spatial: tuple[int, ...], params: NAParams) -> bool:
