@@ -18,7 +18,6 @@ from torch import nn
 
 from ..ops import spec
 from ..ops.dispatch import na_op
-from ..ops.torch_backend import na_unfused
 
 __all__ = ["NeighborhoodAttention1D", "NeighborhoodAttention2D", "NeighborhoodAttention3D"]
 
@@ -108,10 +107,8 @@ class _NeighborhoodAttention(nn.Module):
             x = F.pad(x, [0, 0, *(p for axis in reversed(pad) for p in (0, axis))])
         qkv = self.qkv(x).unflatten(-1, (3, self.num_heads, self.head_dim))
         q, k, v = qkv.unbind(-3)
-        if self.training and self.attn_drop > 0:
-            out = na_unfused(q, k, v, self.rpb, self._params, self.attn_drop)
-        else:
-            out = na_op(q, k, v, self.rpb, self._params, self.backend)
+        dropout = self.attn_drop if self.training else 0.0
+        out = na_op(q, k, v, self.rpb, self._params, self.backend, dropout=dropout)
         out = out.flatten(-2)
         if any(pad):
             out = out[(slice(None), *(slice(0, s) for s in spatial))]

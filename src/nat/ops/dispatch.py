@@ -21,7 +21,7 @@ import torch
 from torch.utils.flop_counter import register_flop_formula
 
 from . import cpu, reference, torch_backend
-from .spec import NAParams
+from .spec import NAParams, covers_input
 
 __all__ = [
     "Backend",
@@ -32,6 +32,7 @@ __all__ = [
     "register_backend",
     "resolve_backend",
     "use_backend",
+    "why_not",
 ]
 
 
@@ -41,9 +42,17 @@ class Backend(NamedTuple):
     forward: Callable
     backward: Callable
     devices: tuple[str, ...]
+    """Device types on which ``"auto"`` considers it (and :func:`available_backends` lists it)."""
     is_available: Callable[[], bool]
     priority: int
     """Higher wins when the user asks for ``"auto"``."""
+    can_run: Callable[..., str | None]
+    """``can_run(query, key, value, rpb, params)``: ``None`` when it runs this call, otherwise
+    why not (a phrase such as ``"head_dim 200 > 128"``). The one check behind both ``"auto"``
+    and the error for an explicit ``backend=``."""
+    dropout: Callable | None
+    """``dropout(query, key, value, rpb, params, p)``: the forward with attention dropout
+    (differentiated by autograd), or ``None`` when the backend has none."""
 
 
 _BACKENDS: dict[str, Backend] = {}
@@ -56,7 +65,18 @@ NATTEN_BACKENDS = {
     "flex-fna": "torch",
 }
 """NATTEN 0.21's backend names and the backend each runs here: its fused kernels map to the best
-fused kernel for the device (``"auto"``), its composite Flex Attention one to ``"torch"``."""
+fused kernel for the device (``"auto"``), its Flex Attention one to ``"torch"``."""
+
+
+def _device_reason(devices: tuple[str, ...], device: torch.device) -> str | None:
+    if device.type not in devices:
+        return f"runs on {list(devices)}, but the inputs are on {device}"
+    return None
+
+
+def device_check(devices: tuple[str, ...]) -> Callable[..., str | None]:
+    """A ``can_run`` that accepts any call whose tensors are on one of ``devices``."""
+    return lambda query, *args: _device_reason(devices, query.device)
 
 
 def register_backend(
@@ -66,9 +86,15 @@ def register_backend(
     devices: tuple[str, ...],
     is_available: Callable[[], bool] = lambda: True,
     priority: int = 0,
+    can_run: Callable[..., str | None] | None = None,
+    dropout: Callable | None = None,
 ) -> None:
-    """Make ``name`` selectable with ``backend=name`` and candidate for ``"auto"``."""
-    _BACKENDS[name] = Backend(forward, backward, devices, is_available, priority)
+    """Make ``name`` selectable with ``backend=name`` and candidate for ``"auto"``.
+
+    ``can_run`` defaults to accepting every call on ``devices``.
+    """
+    check = device_check(devices) if can_run is None else can_run
+    _BACKENDS[name] = Backend(forward, backward, devices, is_available, priority, check, dropout)
 
 
 def available_backends(device: torch.device | str | None = None) -> list[str]:
@@ -99,7 +125,7 @@ def use_backend(name: str) -> Iterator[None]:
 def _check_backend_name(name: object) -> str:
     """``name``, or the backend a NATTEN backend name maps to (:data:`NATTEN_BACKENDS`)."""
     valid = ["auto", "reference", *_BACKENDS]
-    if isinstance(name, str) and name in NATTEN_BACKENDS:
+    if isinstance(name, str) and name in NATTEN_BACKENDS and NATTEN_BACKENDS[name] in valid:
         return NATTEN_BACKENDS[name]
     if not isinstance(name, str) or name not in valid:
         raise ValueError(
@@ -109,24 +135,60 @@ def _check_backend_name(name: object) -> str:
     return name
 
 
-def resolve_backend(name: str | None, device: torch.device) -> str:
-    """The concrete backend for a call: ``name`` checked against ``device``, or the best one."""
+def why_not(
+    name: str, device: torch.device, inputs: tuple | None = None, dropout: float = 0.0
+) -> str | None:
+    """Why backend ``name`` cannot run a call on ``device``, or ``None`` when it can.
+
+    ``inputs`` is ``(query, key, value, rpb, params)`` of the call (``None``: judge the device
+    alone); ``dropout`` is the attention-dropout probability it must apply.
+    """
+    if name == "reference":
+        return "has no attention dropout" if dropout else None
+    backend = _BACKENDS[name]
+    if not backend.is_available():
+        return "is not available on this machine"
+    if dropout and backend.dropout is None:
+        return f"has no attention dropout (p={dropout}); 'torch' has"
+    if inputs is None:
+        return _device_reason(backend.devices, device)
+    return backend.can_run(*inputs)
+
+
+def resolve_backend(
+    name: str | None, device: torch.device, inputs: tuple | None = None, dropout: float = 0.0
+) -> str:
+    """The concrete backend for a call: ``name`` if it can run it, or the best one that can.
+
+    ``inputs`` (``(query, key, value, rpb, params)``) and ``dropout`` are checked against each
+    backend's :attr:`Backend.can_run`; without ``inputs`` only the device is.
+    """
     name = _check_backend_name(default_backend() if name is None else name)
     if name == "auto":
-        return available_backends(device)[0]
-    if name != "reference":
-        backend = _BACKENDS[name]
-        if device.type not in backend.devices:
-            raise ValueError(
-                f"backend={name!r} runs on {list(backend.devices)}, but the inputs are on {device}"
-            )
-        if not backend.is_available():
-            raise ValueError(f"backend={name!r} is not available on this machine")
+        reasons = []
+        for candidate in available_backends(device):
+            reason = why_not(candidate, device, inputs, dropout)
+            if reason is None:
+                return candidate
+            reasons.append(f"{candidate!r} {reason}")
+        raise ValueError(f"no backend can run this call on {device}: {'; '.join(reasons)}")
+    reason = why_not(name, device, inputs, dropout)
+    if reason is not None:
+        raise ValueError(f"backend={name!r} {reason}")
     return name
 
 
 def _params(kernel_size, stride, dilation, is_causal, scale) -> NAParams:
     return NAParams(tuple(kernel_size), tuple(stride), tuple(dilation), tuple(is_causal), scale)
+
+
+def _implementation(name: str, query: torch.Tensor, params: NAParams) -> Backend:
+    """Backend ``name``'s functions for a call, or the dense path when every window is the whole
+    input (:func:`~nat.ops.spec.covers_input`): then batched GEMMs win on every device, so this
+    is decided here, once, for every backend."""
+    if covers_input(tuple(query.shape[1:-2]), params):
+        return _DENSE
+    return _BACKENDS[name]
 
 
 @torch.library.custom_op("nat::na_forward", mutates_args=())
@@ -145,7 +207,9 @@ def _na_forward(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     params = _params(kernel_size, stride, dilation, is_causal, scale)
     with torch.autocast(query.device.type, enabled=False):
-        out, lse = _BACKENDS[backend].forward(query, key, value, rpb, params, need_lse)
+        out, lse = _implementation(backend, query, params).forward(
+            query, key, value, rpb, params, need_lse
+        )
     # Without autograd the log-sum-exp is not needed: an empty tensor stands for it.
     return out, lse if need_lse else lse.new_empty(0)
 
@@ -181,7 +245,7 @@ def _na_backward(
     # Only a caller that asked for the log-sum-exp (return_lse) can send a gradient into it.
     extra = {} if grad_lse is None else {"grad_lse": grad_lse}
     with torch.autocast(query.device.type, enabled=False):
-        dq, dk, dv, drpb = _BACKENDS[backend].backward(
+        dq, dk, dv, drpb = _implementation(backend, query, params).backward(
             grad_out, query, key, value, rpb, out, lse, params, **extra
         )
     # Gradients are head-major strided views (see torch_backend.heads_last). Custom ops cannot
@@ -280,19 +344,26 @@ def na_op(
     params: NAParams,
     backend: str | None = None,
     return_lse: bool = False,
+    dropout: float = 0.0,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Run validated inputs through the chosen backend (autocast applied like a matmul).
 
     Returns the output ``[B, *spatial, heads, Dv]``, and with ``return_lse`` also the
     log-sum-exp of each query's scores ``[B, *spatial, heads]`` (float32, float64 for float64
-    inputs), differentiable like the output.
+    inputs), differentiable like the output. ``dropout`` > 0 drops attention weights with that
+    probability (training); only backends with :attr:`Backend.dropout` can, and an explicit
+    ``backend`` without it raises.
     """
     device_type = query.device.type
     if torch.is_autocast_enabled(device_type):
         dtype = torch.get_autocast_dtype(device_type)
         query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
         rpb = None if rpb is None else rpb.to(dtype)
-    name = resolve_backend(backend, query.device)
+    name = resolve_backend(backend, query.device, (query, key, value, rpb, params), dropout)
+    if dropout:
+        if return_lse:
+            raise ValueError(f"return_lse=True cannot be combined with attention dropout={dropout}")
+        return _BACKENDS[name].dropout(query, key, value, rpb, params, dropout)
     if name == "reference":
         return reference.na_reference(query, key, value, params, rpb, return_lse=return_lse)
     needs_grad = torch.is_grad_enabled() and any(
@@ -301,7 +372,9 @@ def na_op(
     need_lse = needs_grad or return_lse
     if not needs_grad and _plain_eager():
         # Inference in plain eager mode: nothing records the op, so skip its dispatch (~0.1 ms).
-        out, lse = _BACKENDS[name].forward(query, key, value, rpb, params, need_lse)
+        out, lse = _implementation(name, query, params).forward(
+            query, key, value, rpb, params, need_lse
+        )
         return (out, _lse_heads_last(lse, query)) if return_lse else out
     # q, k and v go in as they are (often strided slices of one qkv projection): the backends
     # read strided rows, which saves three copies per call.
@@ -340,4 +413,15 @@ register_backend(
     torch_backend.na_backward,
     devices=("cpu", "cuda", "mps", "xpu"),
     priority=0,
+    dropout=torch_backend.na_unfused,
 )
+_DENSE = Backend(
+    torch_backend.dense_forward,
+    torch_backend.dense_backward,
+    devices=(),
+    is_available=lambda: True,
+    priority=0,
+    can_run=lambda *args: None,
+    dropout=None,
+)
+"""Batched GEMMs over the whole input, for calls every window covers (any backend)."""

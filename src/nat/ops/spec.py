@@ -19,9 +19,9 @@ import torch
 
 __all__ = [
     "NAParams",
+    "axis_rpb_start",
     "axis_window",
     "axis_window_start",
-    "axis_rpb_start",
     "check_additional_kv",
     "check_dense_args",
     "check_merge_args",
@@ -409,7 +409,7 @@ def axis_window_start(
     a real neighbour when ``0 <= j <= i`` on a causal axis (every key is, otherwise). Index
     arithmetic instead of an ``[N, K]`` table: what the GPU kernels compute per query.
     """
-    qi, first = _group_window(i, length, kernel, stride, dilation, causal)
+    _, first = _group_window(i, length, kernel, stride, dilation, causal)
     return first * dilation + i % dilation
 
 

@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import torch
 
-from .spec import NAParams, covers_input, neighbor_table
+from .spec import NAParams, neighbor_table
 
 __all__ = ["dense_backward", "dense_forward", "na_backward", "na_forward", "na_unfused"]
 
@@ -221,9 +221,6 @@ def na_forward(
 
     Key and value may have ``heads_kv`` heads, a divisor of the query's (grouped-query attention).
     """
-    spatial = tuple(query.shape[1:-2])
-    if covers_input(spatial, params):
-        return dense_forward(query, key, value, rpb, params, need_lse)
     f = _fold(query, key, rpb, params)
     q, k, v = f.q, _flatten(key), _flatten(value)
     batch, heads_kv, rows, dim = q.shape
@@ -267,9 +264,6 @@ def na_backward(
 
     ``grad_lse`` ``[B, heads, N]`` is the gradient reaching the log-sum-exp, if any.
     """
-    spatial = tuple(query.shape[1:-2])
-    if covers_input(spatial, params):
-        return dense_backward(grad_out, query, key, value, rpb, out, lse, params, grad_lse)
     f = _fold(query, key, rpb, params)
     q, k, v = f.q, _flatten(key), _flatten(value)
     batch, heads_kv, rows, dim = q.shape

@@ -18,8 +18,8 @@ from types import ModuleType
 
 import torch
 
-from ..spec import NAParams, covers_input, neighbor_table
-from ..torch_backend import dense_backward, dense_forward, heads_last
+from ..spec import NAParams, neighbor_table
+from ..torch_backend import heads_last
 
 __all__ = ["is_available", "load", "na_backward", "na_forward"]
 
@@ -120,8 +120,6 @@ def na_forward(
     query head ``h`` to key/value head ``h // (heads // heads_kv)``.
     """
     spatial = tuple(query.shape[1:-2])
-    if covers_input(spatial, params):  # every window is the whole input: GEMMs win
-        return dense_forward(query, key, value, rpb, params, need_lse)
     nbr, valid, bias_idx = neighbor_table(spatial, params, query.device)
     out, lse = load().na_forward(
         _rows(query),
@@ -152,8 +150,6 @@ def na_backward(
     ``grad_lse`` ``[B, heads, N]`` is the gradient reaching the log-sum-exp, if any.
     """
     spatial = tuple(query.shape[1:-2])
-    if covers_input(spatial, params):
-        return dense_backward(grad_out, query, key, value, rpb, out, lse, params, grad_lse)
     nbr, valid, bias_idx = neighbor_table(spatial, params, query.device)
     dq, dk, dv, drpb = load().na_backward(
         _rows(grad_out).contiguous(),

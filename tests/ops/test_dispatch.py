@@ -1,0 +1,79 @@
+"""The dispatcher: per-call capability checks, ``auto``, the dense path and attention dropout."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import nat
+from nat.ops import dispatch, torch_backend
+
+
+@pytest.fixture
+def picky_backend():
+    """A backend that declines head_dim > 4 and records the calls it runs."""
+    calls = []
+
+    def forward(*args):
+        calls.append("forward")
+        return torch_backend.na_forward(*args)
+
+    def can_run(query, key, value, rpb, params):
+        return f"head_dim {query.shape[-1]} > 4" if query.shape[-1] > 4 else None
+
+    dispatch.register_backend(
+        "picky", forward, torch_backend.na_backward, ("cpu",), priority=100, can_run=can_run
+    )
+    yield calls
+    del dispatch._BACKENDS["picky"]
+
+
+def qkv(head_dim: int, length: int = 9) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(0)
+    return tuple(torch.randn(1, length, 2, head_dim, generator=g) for _ in range(3))
+
+
+def test_auto_takes_the_best_backend_that_can_run_the_call(picky_backend):
+    nat.na1d(*qkv(4), 3)
+    assert picky_backend == ["forward"]
+    nat.na1d(*qkv(8), 3)  # declined: auto falls through to the next backend
+    assert picky_backend == ["forward"]
+
+
+def test_explicit_backend_that_cannot_run_names_why(picky_backend):
+    with pytest.raises(ValueError, match=r"^backend='picky' head_dim 8 > 4$"):
+        nat.na1d(*qkv(8), 3, backend="picky")
+
+
+def test_explicit_backend_on_the_wrong_device_names_it():
+    with pytest.raises(ValueError, match=r"backend='cpu' runs on \['cpu'\], but the inputs are"):
+        dispatch.resolve_backend("cpu", torch.device("meta"))
+
+
+def test_windows_covering_the_input_take_the_dense_path_for_any_backend(picky_backend):
+    q, k, v = qkv(4, length=3)
+    out = nat.na1d(q, k, v, 3, backend="picky")
+    assert picky_backend == []
+    torch.testing.assert_close(out, nat.na1d(q, k, v, 3, backend="reference"))
+
+
+def test_attention_dropout_runs_on_the_backend_that_has_it():
+    module = nat.NeighborhoodAttention1D(8, 2, 3, attn_drop=0.5, backend="torch").train()
+    x = torch.randn(2, 9, 8, requires_grad=True)
+    out = module(x)
+    out.sum().backward()
+    assert x.grad is not None
+    assert not torch.equal(out, module.eval()(x))
+
+
+def test_explicit_backend_without_attention_dropout_refuses_it():
+    module = nat.NeighborhoodAttention1D(8, 2, 3, attn_drop=0.5, backend="reference").train()
+    with pytest.raises(ValueError, match=r"backend='reference' has no attention dropout"):
+        module(torch.randn(2, 9, 8))
+
+
+def test_auto_with_attention_dropout_picks_a_backend_that_has_it():
+    module = nat.NeighborhoodAttention1D(8, 2, 3, attn_drop=1.0).train()
+    # Every weight dropped: the attention output is zero, so the module returns proj's bias.
+    out = module(torch.randn(2, 9, 8))
+    torch.testing.assert_close(out, module.proj.bias.expand_as(out))
