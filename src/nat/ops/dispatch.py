@@ -21,6 +21,7 @@ import torch
 from torch.utils.flop_counter import register_flop_formula
 
 from . import cpu, reference, torch_backend
+from . import triton as triton_backend
 from .spec import NAParams, covers_input
 
 __all__ = [
@@ -414,6 +415,15 @@ register_backend(
     devices=("cpu", "cuda", "mps", "xpu"),
     priority=0,
     dropout=torch_backend.na_unfused,
+)
+register_backend(
+    "triton",
+    triton_backend.na_forward,
+    triton_backend.na_backward,
+    devices=("cuda",),
+    is_available=triton_backend.is_available,
+    priority=20,
+    can_run=triton_backend.can_run,
 )
 _DENSE = Backend(
     torch_backend.dense_forward,
