@@ -47,6 +47,7 @@ def is_available() -> bool:
     return torch.cuda.is_available() or _interpreted()
 
 
+@torch.compiler.assume_constant_result
 def _interpreted() -> bool:
     """Whether the kernels run (or, not yet loaded, would run) in Triton's interpreter."""
     if f"{__name__}.kernels" in sys.modules:
@@ -64,11 +65,11 @@ def can_run(
     """``None`` when the kernels run this call, otherwise why not."""
     device = query.device
     if device.type != "cuda" and not (device.type == "cpu" and _interpreted()):
-        return (
-            f"runs on cuda (or on cpu under TRITON_INTERPRET=1), but the inputs are on {device}"
-        )
+        return f"runs on cuda (or on cpu under TRITON_INTERPRET=1), but the inputs are on {device}"
     if query.dtype not in _DTYPES:
         return f"runs float32, bfloat16 and float16, not {query.dtype}"
+    if query.dtype == torch.bfloat16 and device.type == "cpu":
+        return "cannot run bfloat16 in Triton's interpreter (its tl.dot misreads bfloat16)"
     if query.shape[-1] > MAX_HEAD_DIM or value.shape[-1] > MAX_HEAD_DIM:
         return (
             f"takes head_dim up to {MAX_HEAD_DIM}; got {query.shape[-1]} (query/key) and "
@@ -145,18 +146,36 @@ def _precision(dtype: torch.dtype) -> str:
     return "ieee"
 
 
-def _common(query, key, value, rpb, params, geometry):
+def _common(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    rpb: torch.Tensor | None,
+    params: NAParams,
+    geometry: _Geometry,
+) -> tuple[tuple, tuple, dict]:
+    """The arguments every kernel shares: tensors, runtime integers, compile-time constants."""
     q, k, v = _rows(query), _rows(key), _rows(value)
     heads, heads_kv = query.shape[-2], key.shape[-2]
     return (
         (q, k, v, rpb if rpb is None else rpb.contiguous()),
         (
-            q.stride(0), q.stride(1), q.stride(2),
-            k.stride(0), k.stride(1), k.stride(2),
-            v.stride(0), v.stride(1), v.stride(2),
+            q.stride(0),
+            q.stride(1),
+            q.stride(2),
+            k.stride(0),
+            k.stride(1),
+            k.stride(2),
+            v.stride(0),
+            v.stride(1),
+            v.stride(2),
             *geometry.args(),
-            heads, heads // heads_kv, query.shape[-1], value.shape[-1], params.scale,
-        ),  # fmt: skip
+            heads,
+            heads // heads_kv,
+            query.shape[-1],
+            value.shape[-1],
+            params.scale,
+        ),
         dict(
             **geometry.constexprs(),
             BLOCK_D=_block(query.shape[-1]),
@@ -220,14 +239,12 @@ def na_backward(
     kernels.na_backward_dq_kernel[geometry.grid(batch * heads)](
         q, k, v, rpb_c, do, lse, delta, dq, drpb, *args, BLOCK_N=64, **constexprs
     )
-    key_geometry = _Geometry(spatial, params, _QUERY_TILE)
+    # Key boxes tile the input like query boxes; each visits the queries within reach.
     radius = [
-        inverse_window_radius(kk, s)
-        for kk, s in zip(key_geometry.kernel, key_geometry.stride, strict=True)
+        inverse_window_radius(kk, s) for kk, s in zip(geometry.kernel, geometry.stride, strict=True)
     ]
-    _, key_args, key_constexprs = _common(query, key, value, rpb, params, key_geometry)
-    kernels.na_backward_dkdv_kernel[key_geometry.grid(batch * heads_kv)](
-        q, k, v, rpb_c, do, lse, delta, dk, dv, *key_args, *radius, BLOCK_M=64, **key_constexprs
+    kernels.na_backward_dkdv_kernel[geometry.grid(batch * heads_kv)](
+        q, k, v, rpb_c, do, lse, delta, dk, dv, *args, *radius, BLOCK_M=64, **constexprs
     )
     return (
         heads_last(dq, query),

@@ -38,7 +38,9 @@ def _window_first(qi, glen, K: tl.constexpr, stride, CAUSAL: tl.constexpr):
 
 
 @triton.jit
-def _tile_axis(axis_id, length, stride, dilation, K: tl.constexpr, CAUSAL: tl.constexpr, T: tl.constexpr):
+def _tile_axis(
+    axis_id, length, stride, dilation, K: tl.constexpr, CAUSAL: tl.constexpr, T: tl.constexpr
+):
     """One axis of a query tile: residue, group length, first query and the key halo."""
     residue = axis_id % dilation
     tile = axis_id // dilation
@@ -348,7 +350,9 @@ def na_backward_dkdv_kernel(
             ds = p * (dp - delta[:, None])
             dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
     out = (b64 * heads_kv + hk) * n_total + k_row[:, None]
-    tl.store(DK + out * head_dim + d[None, :], dk * scale, mask=k_ok[:, None] & (d[None, :] < head_dim))
+    tl.store(
+        DK + out * head_dim + d[None, :], dk * scale, mask=k_ok[:, None] & (d[None, :] < head_dim)
+    )
     tl.store(
         DV + out * head_dim_v + dv[None, :],
         dvacc,
