@@ -20,7 +20,7 @@ from typing import NamedTuple
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
-from . import cpu, reference, torch_backend
+from . import cpu, flex, reference, torch_backend
 from . import triton as triton_backend
 from .spec import NAParams, covers_input
 
@@ -66,7 +66,8 @@ NATTEN_BACKENDS = {
     "flex-fna": "torch",
 }
 """NATTEN 0.21's backend names and the backend each runs here: its fused kernels map to the best
-fused kernel for the device (``"auto"``), its Flex Attention one to ``"torch"``."""
+fused kernel for the device (``"auto"``), its Flex Attention one to ``"torch"`` (``"flex"`` has no
+backward on the CPU)."""
 
 
 def _device_reason(devices: tuple[str, ...], device: torch.device) -> str | None:
@@ -126,7 +127,7 @@ def use_backend(name: str) -> Iterator[None]:
 def _check_backend_name(name: object) -> str:
     """``name``, or the backend a NATTEN backend name maps to (:data:`NATTEN_BACKENDS`)."""
     valid = ["auto", "reference", *_BACKENDS]
-    if isinstance(name, str) and name in NATTEN_BACKENDS and NATTEN_BACKENDS[name] in valid:
+    if isinstance(name, str) and name in NATTEN_BACKENDS:
         return NATTEN_BACKENDS[name]
     if not isinstance(name, str) or name not in valid:
         raise ValueError(
@@ -424,6 +425,14 @@ register_backend(
     is_available=triton_backend.is_available,
     priority=20,
     can_run=triton_backend.can_run,
+)
+register_backend(
+    "flex",
+    flex.na_forward,
+    flex.na_backward,
+    devices=("cuda",),
+    priority=5,
+    can_run=flex.can_run,
 )
 _DENSE = Backend(
     torch_backend.dense_forward,
