@@ -158,11 +158,12 @@ def window_attention(
 def dense_attention(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None = None
 ) -> torch.Tensor:
-    """Global self-attention over all ``H * W`` tokens (PyTorch's fused SDPA; no bias)."""
+    """Global self-attention over all tokens of ``[B, *spatial, heads, D]`` (PyTorch's fused
+    SDPA; no bias)."""
     shape = value.shape
 
     def tokens(x: torch.Tensor) -> torch.Tensor:
-        return x.flatten(1, 2).transpose(1, 2)  # [B, heads, N, D]
+        return x.flatten(1, -3).transpose(1, 2)  # [B, heads, N, D]
 
     out = F.scaled_dot_product_attention(tokens(query), tokens(key), tokens(value), scale=scale)
     return out.transpose(1, 2).reshape(shape)

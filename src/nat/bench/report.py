@@ -29,6 +29,10 @@ def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
+def _tflops(value: float | None) -> str:
+    return "" if value is None else f"{value:.3g}"
+
+
 def _mib(value: int | None) -> str:
     return "-" if value is None else f"{value / MIB:.1f}"
 
@@ -46,7 +50,8 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def ops_table(result: dict) -> str:
-    """One line per (shape, method): median ms and peak MiB of both modes, each with ``/ WSA``."""
+    """One line per (shape, method): median ms and peak MiB of both modes, each with ``/ WSA``,
+    TFLOP/s with its ratio to dense SDPA's, and the forward's largest error."""
     by_key = {(r["shape"], r["method"], r["mode"]): r for r in result["rows"]}
     order: list[tuple[str, str]] = []
     for r in result["rows"]:
@@ -56,16 +61,18 @@ def ops_table(result: dict) -> str:
     lines = []
     for shape_name, method in order:
         s = shapes[shape_name]
-        size = f"{s['batch']}x{s['height']}x{s['width']}, {s['heads']}h x {s['head_dim']}"
-        cells = [f"{shape_name} ({size}, k{s['kernel_size']})", method]
+        extent = [s["batch"], *([s["depth"]] if s.get("depth") else []), s["height"], s["width"]]
+        size = f"{'x'.join(map(str, extent))}, {s['heads']}h x {s['head_dim']}"
+        window = f"k{s['kernel_size']}" + (f" d{s['dilation']}" if s.get("dilation", 1) > 1 else "")
+        cells = [f"{shape_name} ({size}, {window})", method]
         notes = []
         for mode in ("forward", "forward+backward"):
             r = by_key.get((shape_name, method, mode))
             if r is None:
-                cells += ["", "", "", ""]
+                cells += [""] * 6
                 continue
             if r["error"]:
-                cells += ["error", "", "", ""]
+                cells += ["error"] + [""] * 5
                 notes.append(f"{mode}: {_brief(r['error'])}")
                 continue
             cells += [
@@ -73,8 +80,12 @@ def ops_table(result: dict) -> str:
                 _ratio(r["ratio_to_wsa"]),
                 _mib(r["peak_bytes"]),
                 _ratio(r["memory_ratio_to_wsa"]),
+                _tflops(r.get("tflops")),
+                _ratio(r.get("tflops_ratio_to_sdpa")),
             ]
         row = next(r for k, r in by_key.items() if k[:2] == (shape_name, method))
+        error = row.get("max_abs_error")
+        cells.append("" if error is None else f"{error:.1e} ({row['checked_against']})")
         if not row["rpb"] and s.get("rpb"):
             notes.insert(0, "no rpb")
         cells.append("; ".join(notes))
@@ -86,10 +97,15 @@ def ops_table(result: dict) -> str:
         "fwd / WSA",
         "fwd MiB",
         "MiB / WSA",
+        "fwd TFLOP/s",
+        "/ SDPA",
         "fwd+bwd ms",
         "fwd+bwd / WSA",
         "fwd+bwd MiB",
         "MiB / WSA",
+        "fwd+bwd TFLOP/s",
+        "/ SDPA",
+        "max error",
         "note",
     ]
     return _table(header, lines)

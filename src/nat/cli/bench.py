@@ -106,8 +106,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ops.add_argument(
         "--shapes",
         type=_names,
-        help="comma-separated names: stage1..stage4, stages, large, quick14, quick9, quick "
-        "(default: stages,large; with --quick: quick)",
+        help="comma-separated names: stage1..stage4, stages, large, quick14, quick9, quick, "
+        "nat-tiny-1..nat-tiny-4, k13-d1, k13-d4, 3d-k7, cuda (default: stages,large; on cuda: "
+        "cuda; with --quick: quick)",
     )
     ops.add_argument(
         "--backends", type=_names, help="nat backends to run (default: every available one)"
@@ -200,7 +201,8 @@ def run_ops_command(args: argparse.Namespace) -> int:
     from ..bench import ops
 
     device = _setup(args)
-    shapes = ops.shapes_by_name(args.shapes or (["quick"] if args.quick else ["stages", "large"]))
+    default = ["cuda"] if device.type == "cuda" else ["stages", "large"]
+    shapes = ops.shapes_by_name(args.shapes or (["quick"] if args.quick else default))
     repeats = args.repeats or (3 if args.quick else 10)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
     methods = ops.default_methods(device, args.backends, args.baselines)
