@@ -38,8 +38,13 @@ def can_run(
     """``None`` when FlexAttention runs this call, otherwise why not."""
     if query.device.type not in ("cpu", "cuda"):
         return f"runs on ['cpu', 'cuda'], but the inputs are on {query.device}"
-    if query.dtype == torch.float64 and query.device.type == "cuda":
-        return "runs float32, bfloat16 and float16 on cuda, not float64"
+    if query.device.type == "cuda":
+        if query.dtype == torch.float64:
+            return "runs float32, bfloat16 and float16 on cuda, not float64"
+        dims = (query.shape[-1], value.shape[-1])
+        if any(d < 16 or d & (d - 1) for d in dims):
+            # What FlexAttention's generated kernels tile reliably; other widths go elsewhere.
+            return f"takes head_dims that are powers of two >= 16 on cuda; got {dims}"
     grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (query, key, value, rpb)
     )
