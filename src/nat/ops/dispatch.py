@@ -6,8 +6,11 @@ eager mode, ``torch.compile`` and ``FlopCounterMode`` all see the same op. A bac
 functions ``forward(q, k, v, rpb, params, need_lse) -> (out, lse)`` and
 ``backward(grad_out, q, k, v, rpb, out, lse, params, grad_lse=None) -> (dq, dk, dv, drpb)``, where
 key/value may have fewer heads than the query (grouped-query attention) and ``grad_lse`` is the
-gradient reaching the log-sum-exp when the caller asked for it (``return_lse``); new backends (a
-fused CPU kernel, Triton GPU kernels) register themselves with :func:`register_backend`.
+gradient reaching the log-sum-exp when the caller asked for it (``return_lse``); new backends
+register themselves with :func:`register_backend`, with a ``can_run`` check saying per call
+whether they run it (and if not, why): ``"auto"`` takes the best backend whose check passes, an
+explicit ``backend=`` whose check fails raises that reason. Calls whose windows cover the whole
+input go to dense GEMMs here, for every backend; attention dropout goes to a backend that has it.
 """
 
 from __future__ import annotations

@@ -99,9 +99,11 @@ def block_mask(spatial: tuple[int, ...], params: NAParams, device: torch.device)
         if len(_masks) >= _MAX_MASKS:
             _masks.clear()
         n = math.prod(spatial)
+        # Compiled on CUDA: eagerly, the mask is evaluated on a materialised N x N grid.
         _masks[cache_key] = flex.create_block_mask(
-            _mask_mod(spatial, params), None, None, n, n, device=device
-        )
+            _mask_mod(spatial, params), None, None, n, n, device=device,
+            _compile=device.type == "cuda",
+        )  # fmt: skip
     return _masks[cache_key]
 
 

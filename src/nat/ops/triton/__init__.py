@@ -140,10 +140,11 @@ def _block(dim: int) -> int:
 
 
 def _precision(dtype: torch.dtype) -> str:
-    """float32 products in full precision unless PyTorch allows TF32 for matmuls."""
-    if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
-        return "tf32"
-    return "ieee"
+    """float32 products in full precision unless PyTorch allows TF32 for matmuls; half-precision
+    products take Triton's default (the setting applies to float32 operands only)."""
+    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return "ieee"
+    return "tf32"
 
 
 def _common(
