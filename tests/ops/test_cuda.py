@@ -8,6 +8,8 @@ from hypothesis import given, settings
 
 import nat
 from nat.ops import available_backends
+from nat.ops.dispatch import why_not
+from nat.ops.spec import check_na_args
 
 from .strategies import problems
 
@@ -19,6 +21,13 @@ pytestmark = [
 
 def cuda_backends() -> list[str]:
     return [b for b in available_backends("cuda") if b != "reference"]
+
+
+def can_run(backend: str, problem, dtype) -> bool:
+    """Whether ``backend``'s capability check accepts the problem (flex: no small head_dims)."""
+    q, k, v, rpb = (None if t is None else t.cuda() for t in problem.tensors(dtype))
+    params = check_na_args(q, k, v, len(problem.spatial), rpb=rpb, **problem.window_kwargs())
+    return why_not(backend, q.device, (q, k, v, rpb, params)) is None
 
 
 def forward_and_grads(problem, backend, device, dtype):
@@ -38,11 +47,17 @@ def forward_and_grads(problem, backend, device, dtype):
 def test_cuda_backends_match_reference(dtype, tol, problem):
     expected, expected_grads = forward_and_grads(problem, "reference", "cpu", torch.float64)
     for backend in cuda_backends():
+        if backend != "triton" and not can_run(backend, problem, dtype):
+            continue
         out, grads = forward_and_grads(problem, backend, "cuda", dtype)
         torch.testing.assert_close(out, expected, rtol=tol, atol=tol)
         for g, e in zip(grads, expected_grads, strict=True):
             scale = e.abs().max().clamp_min(1)
             torch.testing.assert_close(g / scale, e / scale, rtol=4 * tol, atol=4 * tol)
+
+
+def test_auto_takes_the_triton_kernels_on_cuda():
+    assert cuda_backends()[0] == "triton"
 
 
 def test_module_compiles_with_inductor_on_cuda():
