@@ -29,6 +29,8 @@ from .harness import load_average, machine_info, measure_group
 
 __all__ = [
     "BASELINE_MODEL",
+    "CUDA_BATCH",
+    "CUDA_MODELS",
     "DEFAULT_MODELS",
     "QUICK_MODELS",
     "TARGET_MODEL",
@@ -39,6 +41,10 @@ __all__ = [
 DEFAULT_MODELS = ("nat_mini", "nat_tiny", "swin_tiny_patch4_window7_224", "convnext_tiny")
 BASELINE_MODEL = "swin_tiny_patch4_window7_224"
 TARGET_MODEL = "nat_tiny"
+CUDA_MODELS = ("nat_tiny", "swin_tiny_patch4_window7_224")
+CUDA_BATCH = 64
+"""On CUDA, ``nat bench models`` compares NAT-Tiny with Swin-T in bfloat16 at batch 64 (training
+step and inference) unless told otherwise."""
 QUICK_MODELS = ("test_vit", "test_convnext")
 """timm's tiny test models: a smoke test of the whole pipeline in seconds."""
 

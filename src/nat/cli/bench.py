@@ -136,14 +136,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     models.add_argument(
         "--dtype",
         type=_dtypes,
-        default=_dtypes("float32,bfloat16"),
-        help="comma-separated (default: float32,bfloat16)",
+        help="comma-separated (default: float32,bfloat16; on cuda: bfloat16)",
     )
     models.add_argument(
         "--models",
         type=_models,
         help="timm model names (default: nat_mini,nat_tiny,swin_tiny_patch4_window7_224,"
-        "convnext_tiny; with --quick: test_vit,test_convnext)",
+        "convnext_tiny; on cuda: nat_tiny,swin_tiny_patch4_window7_224; with --quick: "
+        "test_vit,test_convnext)",
     )
     models.add_argument("--baseline", help="model the ratios refer to (default: Swin-T)")
     models.add_argument(
@@ -152,9 +152,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="also export each model to ONNX and time float32 inference in onnxruntime (CPU)",
     )
     models.add_argument(
-        "--batch-sizes", type=_positive_ints, help="inference batch sizes (default: 1,8)"
+        "--batch-sizes",
+        type=_positive_ints,
+        help="inference batch sizes (default: 1,8; on cuda: 64)",
     )
-    models.add_argument("--train-batch", type=positive_int, help="training batch size (default: 8)")
+    models.add_argument(
+        "--train-batch", type=positive_int, help="training batch size (default: 8; on cuda: 64)"
+    )
     models.add_argument(
         "--img-size", type=positive_int, help="input resolution (default: the model's)"
     )
@@ -250,14 +254,17 @@ def run_models_command(args: argparse.Namespace) -> int:
     from ..bench import models as bench_models
 
     device = _setup(args)
-    names = args.models or list(
-        bench_models.QUICK_MODELS if args.quick else bench_models.DEFAULT_MODELS
-    )
+    cuda = device.type == "cuda" and not args.quick
+    default_models = bench_models.CUDA_MODELS if cuda else bench_models.DEFAULT_MODELS
+    names = args.models or list(bench_models.QUICK_MODELS if args.quick else default_models)
+    dtypes = args.dtype or ([torch.bfloat16] if cuda else [torch.float32, torch.bfloat16])
     baseline = args.baseline or (names[0] if args.quick else bench_models.BASELINE_MODEL)
     if baseline not in names:
         raise CLIError(f"--baseline={baseline!r} is not one of the models ({', '.join(names)})")
-    batch_sizes = args.batch_sizes or ([1, 2] if args.quick else [1, 8])
-    train_batch = args.train_batch or (2 if args.quick else 8)
+    batch_sizes = args.batch_sizes or (
+        [1, 2] if args.quick else [bench_models.CUDA_BATCH] if cuda else [1, 8]
+    )
+    train_batch = args.train_batch or (2 if args.quick else bench_models.CUDA_BATCH if cuda else 8)
     repeats = args.repeats or (2 if args.quick else 5)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
     words = [
@@ -269,7 +276,7 @@ def run_models_command(args: argparse.Namespace) -> int:
         "--threads",
         str(torch.get_num_threads()),
         "--dtype",
-        ",".join(_dtype_name(d) for d in args.dtype),
+        ",".join(_dtype_name(d) for d in dtypes),
         "--repeats",
         str(repeats),
         "--warmup",
@@ -290,7 +297,7 @@ def run_models_command(args: argparse.Namespace) -> int:
     result = bench_models.run_models(
         names,
         device,
-        args.dtype,
+        dtypes,
         batch_sizes,
         train_batch,
         args.img_size,
