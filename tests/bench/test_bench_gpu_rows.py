@@ -94,3 +94,25 @@ def test_bench_on_cuda_without_a_gpu_is_a_one_line_error(capsys, benchmark):
     assert main(["bench", benchmark, "--device", "cuda", "--quick"]) != 0
     err = capsys.readouterr().err.strip()
     assert err == "nat bench: error: --device=cuda: CUDA is not available"
+
+
+def test_run_ops_takes_3d_and_dilated_shapes_with_the_baselines_that_apply():
+    shapes = [
+        ops.OpShape("vol", 1, 6, 6, 2, 8, 3, depth=4),
+        ops.OpShape("dil", 1, 9, 9, 2, 8, 3, dilation=2),
+    ]
+    result = ops.run_ops(
+        shapes, repeats=1, warmup=0, modes=["forward"], progress=False, methods=[
+            ops._na_method("torch"), *(ops.BASELINES[n] for n in ("unfold", "wsa", "sdpa"))
+        ],
+    )  # fmt: skip
+    methods = {(r["shape"], r["method"]) for r in result["rows"]}
+    assert methods == {
+        ("vol", "na/torch"),
+        ("vol", "sdpa"),
+        ("dil", "na/torch"),
+        ("dil", "wsa"),
+        ("dil", "sdpa"),
+    }
+    na_rows = [r for r in result["rows"] if r["method"] == "na/torch"]
+    assert all(r["error"] is None and r["max_abs_error"] < 1e-5 for r in na_rows)
