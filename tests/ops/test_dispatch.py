@@ -77,3 +77,11 @@ def test_auto_with_attention_dropout_picks_a_backend_that_has_it():
     # Every weight dropped: the attention output is zero, so the module returns proj's bias.
     out = module(torch.randn(2, 9, 8))
     torch.testing.assert_close(out, module.proj.bias.expand_as(out))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without a GPU")
+def test_triton_without_a_gpu_or_the_interpreter_says_what_it_needs():
+    q = torch.randn(1, 8, 1, 4)
+    with pytest.raises(ValueError, match=r"backend='triton' is not available on this machine; "
+                       r"it runs on cuda \(or on cpu under TRITON_INTERPRET=1\)"):  # fmt: skip
+        nat.na1d(q, q, q, 3, backend="triton")

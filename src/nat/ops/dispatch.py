@@ -152,7 +152,8 @@ def why_not(
         return "has no attention dropout" if dropout else None
     backend = _BACKENDS[name]
     if not backend.is_available():
-        return "is not available on this machine"
+        detail = None if inputs is None else backend.can_run(*inputs)
+        return "is not available on this machine" + ("" if detail is None else f"; it {detail}")
     if dropout and backend.dropout is None:
         return f"has no attention dropout (p={dropout}); 'torch' has"
     if inputs is None:
