@@ -102,13 +102,12 @@ def neighborhood_command(args: argparse.Namespace) -> int:
             raise CLIError("IMAGE is required (or --receptive-fields)")
         model = create_model(args.model, args.img_size, args.checkpoint)
         batch, shown = model_input(load_image(args.image), model, args.img_size)
-        view = block_neighborhood(model, batch, shown, args.level, args.block, args.query)
+        query = args.query or (args.img_size // 2, args.img_size // 2)
+        view = block_neighborhood(model, batch, shown, args.level, args.block, query)
         if args.head is not None and args.head >= view.weights.shape[0]:
             raise CLIError(f"--head={args.head} must be < {view.weights.shape[0]} (the heads)")
         state = "trained" if args.checkpoint else "random weights, no --checkpoint"
-        fig = draw_neighborhood(
-            view, f"{args.model} ({state}), query pixel {args.query}", args.head
-        )
+        fig = draw_neighborhood(view, f"{args.model} ({state}), query pixel {query}", args.head)
     for path in save_figure(fig, args.out, ("png",), dpi=args.dpi):
         print(f"wrote {path}")
     return 0
@@ -122,6 +121,8 @@ def plot_command(args: argparse.Namespace) -> int:
             bench = json.loads(args.bench.read_text())
         except json.JSONDecodeError as err:
             raise CLIError(f"--bench {args.bench}: not JSON ({err})") from None
+        if not isinstance(bench, dict) or bench.get("benchmark") != "models":
+            raise CLIError(f"--bench {args.bench} is not a `nat bench models --json` result")
     else:
         bench = measure(
             args.models, args.device, args.batch_size, args.train_batch, args.img_size,
@@ -205,7 +206,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     nb.add_argument("--checkpoint", type=Path, help="the model's weights (default: random)")
     nb.add_argument("--level", type=int, default=1, help="level, from 0 (default: 1)")
     nb.add_argument("--block", type=int, default=1, help="block in the level, from 0 (1)")
-    nb.add_argument("--query", type=_pixel, default=(112, 112), help="query pixel X,Y")
+    nb.add_argument("--query", type=_pixel, help="query pixel X,Y (default: the centre)")
     nb.add_argument("--head", type=int, help="one head's weights (default: mean over heads)")
     nb.add_argument("--img-size", type=_img_size, default=224, help="input size (224)")
     nb.add_argument(

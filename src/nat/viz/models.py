@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import timm
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 import torch
 from PIL import Image
-from torchvision.transforms import functional as TF
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
+from torchvision.transforms import functional as TF
 
 from .. import models as nat_models
 

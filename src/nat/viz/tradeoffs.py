@@ -92,12 +92,12 @@ def _measured(bench: dict | None, dtype: str) -> tuple[dict[str, float], dict[st
         for r in rows
         if r["task"] == "train" and r.get("peak_bytes")
     }
-    speed: dict[str, tuple[int, float]] = {}
-    for r in rows:
-        if r["task"].startswith("infer_b") and r.get("images_per_s"):
-            if r["model"] not in speed or r["batch"] > speed[r["model"]][0]:
-                speed[r["model"]] = (r["batch"], r["images_per_s"])
-    return memory, {name: ips for name, (_, ips) in speed.items()}
+    inference = sorted(
+        (r for r in rows if r["task"].startswith("infer_b") and r.get("images_per_s")),
+        key=lambda r: r["batch"],
+    )
+    speed = {r["model"]: r["images_per_s"] for r in inference}  # the largest batch last
+    return memory, speed
 
 
 def tradeoff_points(
