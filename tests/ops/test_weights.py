@@ -94,3 +94,18 @@ def test_window_errors_are_the_operators():
     q = torch.randn(1, 6, 6, 1, 4)
     with pytest.raises(ValueError, match="kernel_size \\* dilation = 7 \\* 1 = 7"):
         nat.attention_weights(q, q, kernel_size=7)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@settings(max_examples=10)
+@given(problem=problems(ndim=2))
+def test_weights_match_every_cuda_backend(problem):
+    q, k, v, rpb = (None if t is None else t.cuda() for t in problem.tensors(torch.float32))
+    weights = nat.attention_weights(q, k, rpb=rpb, **problem.window_kwargs())
+    expected = weighted_values(problem, weights, v.float())
+    for backend in available_backends("cuda"):
+        out = nat.neighborhood_attention(
+            q, k, v, rpb=rpb, backend=backend, **problem.window_kwargs()
+        )
+        torch.testing.assert_close(out, expected, rtol=2e-5, atol=2e-5, msg=backend)
