@@ -9,6 +9,7 @@ import torch
 
 from nat.viz import METHODS, create_model, draw_saliency, model_input, salient_map, save_figure
 
+from ..models.synthetic import synthetic_state_dict
 from .conftest import tiny_nat
 
 
@@ -62,3 +63,10 @@ def test_the_figure_has_a_row_per_image_and_a_column_per_model(picture, theme, t
     assert np.array(fig.axes).size == 2 * 3
     (path,) = save_figure(fig, tmp_path / f"{theme}.png")
     assert path.stat().st_size > 1000
+
+
+def test_a_nat_checkpoint_in_the_published_layout_loads(tmp_path):
+    state = synthetic_state_dict("dinat_mini")
+    torch.save(state, tmp_path / "dinat_mini.pth")
+    model = create_model("dinat_mini", checkpoint=tmp_path / "dinat_mini.pth")
+    assert torch.equal(model.state_dict()["head.weight"], state["head.weight"])

@@ -13,6 +13,7 @@ import timm
 import torch
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import get_pretrained_cfg_value
 from torch import nn
 from torchvision.transforms import functional as TF
 
@@ -31,14 +32,15 @@ def create_model(
 ) -> nn.Module:
     """Model ``name`` in eval mode, with the weights of ``checkpoint`` or random ones.
 
-    ``img_size`` sizes timm models with a fixed input (ViT, Swin: their position tables and
-    windows); NAT/DiNAT and ConvNeXt take any size and ignore it. A NAT/DiNAT checkpoint may be
-    in any format :func:`nat.models.load_pretrained` reads; other models load timm checkpoints.
+    ``img_size`` sizes the models whose timm config has a fixed input size (ViT, Swin: their
+    position tables and windows); the others (NAT/DiNAT, ConvNeXt) take any size. A NAT/DiNAT
+    checkpoint may be in any format :func:`nat.models.load_pretrained` reads; other models load
+    timm checkpoints.
     """
     if not isinstance(name, str) or not timm.is_model(name):
         raise ValueError(f"model {name!r} is not registered with timm")
     kwargs = {}
-    if img_size is not None and not is_nat(name) and not name.startswith("convnext"):
+    if img_size is not None and get_pretrained_cfg_value(name, "fixed_input_size"):
         kwargs["img_size"] = img_size
     torch.manual_seed(0)
     model = timm.create_model(name, pretrained=False, **kwargs)
