@@ -70,3 +70,14 @@ def test_a_nat_checkpoint_in_the_published_layout_loads(tmp_path):
     torch.save(state, tmp_path / "dinat_mini.pth")
     model = create_model("dinat_mini", checkpoint=tmp_path / "dinat_mini.pth")
     assert torch.equal(model.state_dict()["head.weight"], state["head.weight"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name", ["vit_base_patch16_224", "swin_tiny_patch4_window7_224", "nat_tiny"]
+)
+def test_the_paper_models_at_224(picture, name):
+    model = create_model(name, img_size=224)
+    batch, _ = model_input(picture, model, 224)
+    values = salient_map(model, batch).values
+    assert values.shape == (224, 224) and values.max() > 0

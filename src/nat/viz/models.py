@@ -42,8 +42,9 @@ def create_model(
     kwargs = {}
     if img_size is not None and get_pretrained_cfg_value(name, "fixed_input_size"):
         kwargs["img_size"] = img_size
-    torch.manual_seed(0)
-    model = timm.create_model(name, pretrained=False, **kwargs)
+    with torch.random.fork_rng(devices=[]):  # the same random model every time, RNG untouched
+        torch.manual_seed(0)
+        model = timm.create_model(name, pretrained=False, **kwargs)
     if checkpoint is not None:
         path = Path(checkpoint)
         if not path.is_file():
