@@ -4,12 +4,14 @@ from . import models
 from .nn import NeighborhoodAttention1D, NeighborhoodAttention2D, NeighborhoodAttention3D
 from .ops import (
     attention,
+    attention_weights,
     available_backends,
     merge_attentions,
     na1d,
     na2d,
     na3d,
     neighborhood_attention,
+    query_attention_weights,
     use_backend,
 )
 
@@ -21,6 +23,7 @@ __all__ = [
     "NeighborhoodAttention3D",
     "__version__",
     "attention",
+    "attention_weights",
     "available_backends",
     "merge_attentions",
     "models",
@@ -28,5 +31,6 @@ __all__ = [
     "na2d",
     "na3d",
     "neighborhood_attention",
+    "query_attention_weights",
     "use_backend",
 ]

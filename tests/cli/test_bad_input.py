@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+from PIL import Image
 
 from nat.cli import main
 
@@ -93,6 +94,48 @@ CASES = [
     (["bench", "plot", "{file}", "--out", "{dir}/a.png"], "bad.pth"),
     (["bench", "plot", "{json}", "--out", "{dir}/a.png"], "other.json"),
     (["bench", "plot", "{dir}/missing.json", "--out", "{dir}/a.png"], "missing.json"),
+    # nat saliency / neighborhood / plot
+    (["saliency", "{dir}/missing.png"], "missing.png"),
+    (["saliency", "{file}"], "bad.pth"),
+    (["saliency", "{png}", "--models", "bogus"], "bogus"),
+    (["saliency", "{png}", "--method", "cam"], "--method"),
+    (["saliency", "{png}", "--checkpoint", "nat_tiny"], "NAME=PATH"),
+    (["saliency", "{png}", "--models", "test_vit", "--checkpoint", "nat_tiny=x.pth"], "nat_tiny"),
+    (
+        ["saliency", "{png}", "--models", "test_vit", "--checkpoint", "test_vit={dir}/no.pth"],
+        "no.pth",
+    ),
+    (["saliency", "{png}", "--img-size", "8"], "--img-size"),
+    (["saliency", "{png}", "--samples", "0"], "--samples"),
+    (["neighborhood"], "IMAGE"),
+    (["neighborhood", "{png}", "--receptive-fields"], "IMAGE"),
+    (["neighborhood", "--receptive-fields", "--size", "15"], "--size"),
+    (["neighborhood", "{png}", "--query", "1"], "--query"),
+    (["neighborhood", "{png}", "--query", "-1,2"], "--query"),
+    (["neighborhood", "{png}", "--model", "bogus"], "bogus"),
+    (["neighborhood", "{png}", "--model", "test_vit", "--img-size", "32"], "NAT/DiNAT"),
+    (
+        ["neighborhood", "{png}", "--model", "nat_mini", "--img-size", "64", "--level", "7"],
+        "level=7",
+    ),
+    (
+        ["neighborhood", "{png}", "--model", "nat_mini", "--img-size", "64", "--block", "9"],
+        "block=9",
+    ),
+    (
+        ["neighborhood", "{png}", "--model", "nat_mini", "--img-size", "64", "--query", "64,0"],
+        "(64, 0)",
+    ),
+    (
+        ["neighborhood", "{png}", "--model", "nat_mini", "--img-size", "64", "--head", "99"],
+        "--head=99",
+    ),
+    (["plot", "--bench", "{file}"], "bad.pth"),
+    (["plot", "--bench", "{json}"], "other.json"),
+    (["plot", "--bench", "{dir}/missing.json"], "missing.json"),
+    (["plot", "--points", "resnet18"], "resnet18"),
+    (["plot", "--models", "bogus"], "bogus"),
+    (["plot", "--warmup", "-1"], "--warmup"),
     (["bogus-command"], "bogus-command"),
 ]
 
@@ -103,7 +146,9 @@ def places(tmp_path_factory):
     (root / "bad.pth").write_bytes(b"this is not a checkpoint")
     (root / "bad.yaml").write_text("epochs: [1, 2\nlr: 3\n")
     (root / "other.json").write_text('{"rows": []}')
+    Image.new("RGB", (40, 30), (200, 40, 40)).save(root / "red.png")
     return {
+        "png": str(root / "red.png"),
         "file": str(root / "bad.pth"),
         "dir": str(root),
         "data": str(make_split_folder(root / "data", classes=2, train=2, val=1)),

@@ -69,6 +69,27 @@ SMALL: dict[str, tuple[str, str | None]] = {
         f"nat bench models --quick --dtype float32 --batch-sizes 8 {FAST}",
         None,
     ),
+    "nat saliency china.jpg flower.jpg --method smoothgrad --samples 8 --dpi 60 "
+    "--out docs/images/saliency.png": (
+        "nat saliency china.jpg flower.jpg --method smoothgrad --samples 1 --dpi 60 "
+        "--out docs/images/saliency.png --models test_vit --img-size 32",
+        None,
+    ),
+    "nat neighborhood china.jpg --model dinat_tiny --level 1 --block 1 --query 60,100 "
+    "--out docs/images/neighborhood.png": (
+        "nat neighborhood china.jpg --model dinat_tiny --level 1 --block 1 --query 60,100 "
+        "--out docs/images/neighborhood.png --img-size 112",
+        None,
+    ),
+    "nat neighborhood --receptive-fields --out docs/images/receptive-fields.png": (
+        "nat neighborhood --receptive-fields --out docs/images/receptive-fields.png",
+        None,
+    ),
+    "nat plot --bench docs/benchmarks/models-cpu-run1.json --out docs/images/tradeoffs.png": (
+        f"nat plot --bench {ROOT}/docs/benchmarks/models-cpu-run1.json "
+        "--out docs/images/tradeoffs.png --points nat_mini,swin_tiny_patch4_window7_224",
+        None,
+    ),
     "nat train": (f"nat train --output run-digits --batch-size 8 {TINY_TRAIN}", None),
     "nat train --model resnet18 --data /path/to/folder --epochs 30": (
         f"nat train --model resnet18 --data {{folder}} --epochs 1 --input-size 32 --batch-size 4 "
@@ -172,7 +193,8 @@ def workdir(tmp_path, published):
     cache.mkdir(parents=True)
     os.symlink(published / "nat_tiny.pth", cache / "nat_tiny.pth")
     pixels = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(tmp_path / "cat.jpg")
+    for name in ("cat.jpg", "china.jpg", "flower.jpg"):
+        Image.fromarray(pixels).save(tmp_path / name)
     env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch-home"), "PYTHONUNBUFFERED": "1"}
     places = {
         "folder": str(make_split_folder(tmp_path / "folder", classes=2, train=4, val=2)),
