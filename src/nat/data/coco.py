@@ -172,7 +172,9 @@ class CocoInstances(Dataset):
                 format="XYXY",
                 canvas_size=(height, width),
             ),
-            "labels": torch.tensor([self._label[a["category_id"]] for a in anns], dtype=torch.int64),
+            "labels": torch.tensor(
+                [self._label[a["category_id"]] for a in anns], dtype=torch.int64
+            ),
             "masks": tv_tensors.Mask(torch.from_numpy(masks)),
             "image_id": image_id,
         }
@@ -186,7 +188,7 @@ class CocoInstances(Dataset):
         segmentation = ann.get("segmentation")
         if not segmentation:
             mask = np.zeros((height, width), dtype=np.uint8)
-            x1, y1, x2, y2 = (int(round(v)) for v in ann["box"])
+            x1, y1, x2, y2 = (round(v) for v in ann["box"])
             mask[y1:y2, x1:x2] = 1
             return mask
         if isinstance(segmentation, list):

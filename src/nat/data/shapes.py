@@ -16,7 +16,6 @@ import numpy as np
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
-
 __all__ = ["SHAPE_CATEGORIES", "make_shapes_dataset"]
 
 SHAPE_CATEGORIES = ("circle", "square", "triangle")
@@ -62,7 +61,10 @@ def make_shapes_dataset(
                         "bbox": [x, y, w, h],
                         "area": float(mask.sum()),
                         "iscrowd": 0,
-                        "segmentation": {"size": list(rle["size"]), "counts": rle["counts"].decode()},
+                        "segmentation": {
+                            "size": list(rle["size"]),
+                            "counts": rle["counts"].decode(),
+                        },
                     }
                 )
         categories = [{"id": i + 1, "name": n} for i, n in enumerate(SHAPE_CATEGORIES)]
@@ -73,7 +75,9 @@ def make_shapes_dataset(
     return root
 
 
-def _draw_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
+def _draw_image(
+    rng: np.random.Generator, size: int
+) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
     """``[size, size, 3]`` uint8 pixels and ``(category, [size, size] uint8 mask)`` per shape."""
     tint = rng.integers(0, 256, 3)
     noise = rng.normal(0, 12, (size, size, 3))
@@ -96,7 +100,9 @@ def _draw_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[t
                 target.rectangle(box, fill=fill)
             else:
                 apex = (x0 + extent // 2, y0)
-                target.polygon([apex, (x0, y0 + extent - 1), (x0 + extent - 1, y0 + extent - 1)], fill=fill)
+                target.polygon(
+                    [apex, (x0, y0 + extent - 1), (x0 + extent - 1, y0 + extent - 1)], fill=fill
+                )
         new = np.asarray(shape_mask, dtype=np.uint8)
         shapes = [(c, m & (1 - new), area) for c, m, area in shapes]
         shapes.append((category, new, int(new.sum())))

@@ -30,7 +30,8 @@ Target = dict[str, torch.Tensor]
 class CascadeRoIHeads(nn.Module):
     """``stages``: one torchvision ``RoIHeads`` per stage, each with a mask branch, in order of
     increasing IoU threshold. Called like ``RoIHeads``: ``(features, proposals, image_shapes,
-    targets)`` -> ``(detections, losses)``; ``proposals`` ``[N_i, 4]`` per image (x1, y1, x2, y2)."""
+    targets)`` -> ``(detections, losses)``; ``proposals`` ``[N_i, 4]`` per image
+    (x1, y1, x2, y2)."""
 
     def __init__(
         self, stages: Sequence[RoIHeads], stage_weights: Sequence[float], giou_weight: float = 10.0
@@ -90,7 +91,10 @@ class CascadeRoIHeads(nn.Module):
             all_labels = torch.cat(labels)
             pos = torch.where(all_labels > 0)[0]
             matched_boxes = torch.cat(
-                [g[m] if len(g) else torch.zeros_like(r) for g, m, r in zip(gt_boxes, matched, rois)]
+                [
+                    g[m] if len(g) else torch.zeros_like(r)
+                    for g, m, r in zip(gt_boxes, matched, rois, strict=True)
+                ]
             )
             giou = generalized_box_iou_loss(
                 boxes[pos, all_labels[pos]], matched_boxes[pos], reduction="sum"
@@ -140,7 +144,9 @@ class CascadeRoIHeads(nn.Module):
             logits, deltas, boxes = self._boxes(stage, features, proposals, image_shapes)
             scores.append(F.softmax(logits, -1))
             if s + 1 < len(self.stages):
-                proposals = self._refined(boxes, logits[:, 1:].argmax(1) + 1, proposals, image_shapes)
+                proposals = self._refined(
+                    boxes, logits[:, 1:].argmax(1) + 1, proposals, image_shapes
+                )
         # postprocess_detections takes logits: the log of the averaged probabilities is one
         mean_logits = torch.stack(scores).mean(0).clamp_min(1e-12).log()
         boxes, box_scores, labels = self.stages[-1].postprocess_detections(
@@ -155,4 +161,3 @@ class CascadeRoIHeads(nn.Module):
             {"boxes": b, "scores": sc, "labels": lab, "masks": m}
             for b, sc, lab, m in zip(boxes, box_scores, labels, masks, strict=True)
         ]
-

@@ -180,9 +180,9 @@ def _check_type(name: str, value: Any, hint: Any) -> None:
             (item,) = get_args(option)
             if all(_is(v, item) for v in value):
                 return
-        elif origin is dict and isinstance(value, dict):
-            return
-        elif origin not in (list, dict, type(None)) and _is(value, origin):
+        elif (origin is dict and isinstance(value, dict)) or (
+            origin not in (list, dict, type(None)) and _is(value, origin)
+        ):
             return
     raise ValueError(f"setting {name}={value!r} must be of type {hint}".replace("typing.", ""))
 

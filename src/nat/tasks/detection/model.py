@@ -22,7 +22,11 @@ from typing import Any
 import timm
 import torch
 from torch import nn
-from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.faster_rcnn import (
+    FastRCNNConvFCHead,
+    FastRCNNPredictor,
+    TwoMLPHead,
+)
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.roi_heads import RoIHeads
@@ -254,12 +258,16 @@ def create_detector(
     elif architecture == "cascade_mask_rcnn":
         stages = [
             _roi_heads(
-                fpn_channels, num_classes,
+                fpn_channels,
+                num_classes,
                 FastRCNNConvFCHead(
                     (fpn_channels, 7, 7), [fpn_channels] * 4, [representation], nn.BatchNorm2d
                 ),
-                representation, iou=iou, stds=stds, **heads,
-            )  # fmt: skip
+                representation,
+                iou=iou,
+                stds=stds,
+                **heads,
+            )
             for iou, stds in zip(CASCADE_IOUS, CASCADE_STDS, strict=True)
         ]
         roi_heads = CascadeRoIHeads(stages, CASCADE_WEIGHTS)

@@ -162,4 +162,3 @@ def _name(loaded: LoadedDetector, label: int) -> str:
     if loaded.categories and 1 <= label <= len(loaded.categories):
         return loaded.categories[label - 1]
     return f"class {label}"
-

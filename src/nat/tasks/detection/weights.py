@@ -1,26 +1,20 @@
 """Detector weights: mmdetection 2.x checkpoints (the published NAT Mask R-CNN and Cascade Mask
 R-CNN) <-> this package's torchvision-based detectors, and loading any supported file.
 
-Key map (``{i}`` a level or layer, ``{s}`` a cascade stage; ``...`` the parameter name):
+Key map (``{i}`` a level or layer, ``{s}`` a cascade stage; mmdetection -> here):
 
-================================================  =============================================
-mmdetection                                       here
-================================================  =============================================
-``backbone.``                                     ``backbone.body.``
-``neck.lateral_convs.{i}.conv.``                  ``backbone.fpn.inner_blocks.{i}.0.``
-``neck.fpn_convs.{i}.conv.``                      ``backbone.fpn.layer_blocks.{i}.0.``
-``rpn_head.rpn_conv.``                            ``rpn.head.conv.0.0.``
-``rpn_head.rpn_cls.`` / ``rpn_reg.``              ``rpn.head.cls_logits.`` / ``bbox_pred.``
-``roi_head.bbox_head.shared_fcs.{0,1}.``          ``roi_heads.box_head.fc6.`` / ``fc7.``
-``roi_head.bbox_head.fc_cls.`` / ``fc_reg.``      ``roi_heads.box_predictor.cls_score.`` / ``bbox_pred.``
-``roi_head.mask_head.convs.{i}.conv.``            ``roi_heads.mask_head.{i}.0.``
-``roi_head.mask_head.upsample.``                  ``roi_heads.mask_predictor.conv5_mask.``
-``roi_head.mask_head.conv_logits.``               ``roi_heads.mask_predictor.mask_fcn_logits.``
-``roi_head.bbox_head.{s}.shared_convs.{i}.conv.``  ``roi_heads.stages.{s}.box_head.{i}.0.``
-``roi_head.bbox_head.{s}.shared_convs.{i}.bn.``    ``roi_heads.stages.{s}.box_head.{i}.1.``
-``roi_head.bbox_head.{s}.shared_fcs.0.``          ``roi_heads.stages.{s}.box_head.5.``
-``roi_head.{bbox,mask}_head.{s}.<as above>``      ``roi_heads.stages.{s}.<as above>``
-================================================  =============================================
+- ``backbone.`` -> ``backbone.body.``;
+- ``neck.lateral_convs.{i}.conv.`` -> ``backbone.fpn.inner_blocks.{i}.0.``, ``neck.fpn_convs``
+  -> ``backbone.fpn.layer_blocks``;
+- ``rpn_head.rpn_conv.`` / ``rpn_cls.`` / ``rpn_reg.`` -> ``rpn.head.conv.0.0.`` /
+  ``cls_logits.`` / ``bbox_pred.``;
+- Mask R-CNN: ``roi_head.bbox_head.shared_fcs.0.`` / ``.1.`` -> ``roi_heads.box_head.fc6.`` /
+  ``fc7.``; ``fc_cls`` / ``fc_reg`` -> ``roi_heads.box_predictor.cls_score`` / ``bbox_pred``;
+  ``roi_head.mask_head.convs.{i}.conv.`` -> ``roi_heads.mask_head.{i}.0.``, ``upsample`` ->
+  ``roi_heads.mask_predictor.conv5_mask``, ``conv_logits`` -> ``mask_fcn_logits``;
+- Cascade: the same under ``roi_head.{bbox,mask}_head.{s}.`` -> ``roi_heads.stages.{s}.``, and
+  the box head's ``shared_convs.{i}.conv.`` / ``.bn.`` -> ``box_head.{i}.0.`` / ``.1.``,
+  ``shared_fcs.0.`` -> ``box_head.5.``.
 
 Values change in three places. mmdetection puts the background class last (``fc_cls`` has
 K + 1 rows, background at K) and has no background rows in ``fc_reg`` (4K) or ``conv_logits``
