@@ -32,8 +32,8 @@ def make_shapes_dataset(
     size: int = 128,
     seed: int = 0,
 ) -> Path:
-    """Write ``root/{train,val}/*.png`` and ``root/annotations/instances_{train,val}.json``
-    (COCO format, masks as RLE) and return ``root``."""
+    """Write ``root/{train,val}2017/*.png`` and ``root/annotations/instances_{train,val}2017.json``
+    (COCO's layout and format, masks as RLE) and return ``root``."""
     for name, value in (("train_images", train_images), ("val_images", val_images)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}={value!r} must be an integer >= 1")
@@ -42,13 +42,13 @@ def make_shapes_dataset(
     root = Path(root)
     rng = np.random.default_rng(seed)
     for split, count in (("train", train_images), ("val", val_images)):
-        (root / split).mkdir(parents=True, exist_ok=True)
+        (root / f"{split}2017").mkdir(parents=True, exist_ok=True)
         images, annotations = [], []
         for index in range(count):
             image_id = index + 1
             pixels, instances = _draw_image(rng, size)
             file_name = f"{image_id:06d}.png"
-            Image.fromarray(pixels).save(root / split / file_name)
+            Image.fromarray(pixels).save(root / f"{split}2017" / file_name)
             images.append({"id": image_id, "file_name": file_name, "height": size, "width": size})
             for category, mask in instances:
                 rle = mask_utils.encode(np.asfortranarray(mask))
@@ -69,7 +69,7 @@ def make_shapes_dataset(
                 )
         categories = [{"id": i + 1, "name": n} for i, n in enumerate(SHAPE_CATEGORIES)]
         (root / "annotations").mkdir(exist_ok=True)
-        (root / "annotations" / f"instances_{split}.json").write_text(
+        (root / "annotations" / f"instances_{split}2017.json").write_text(
             json.dumps({"images": images, "annotations": annotations, "categories": categories})
         )
     return root

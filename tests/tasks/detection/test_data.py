@@ -15,7 +15,9 @@ from nat.data.shapes import make_shapes_dataset
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
-    return make_shapes_dataset(tmp_path_factory.mktemp("shapes"), train_images=6, val_images=2, size=64)
+    return make_shapes_dataset(
+        tmp_path_factory.mktemp("shapes"), train_images=6, val_images=2, size=64
+    )
 
 
 def _digest(root) -> str:
@@ -30,7 +32,7 @@ def test_the_same_seed_writes_the_same_files(shapes, tmp_path):
 
 
 def test_masks_boxes_and_areas_agree(shapes):
-    data = CocoInstances(shapes / "train", shapes / "annotations" / "instances_train.json")
+    data = CocoInstances(shapes / "train2017", shapes / "annotations" / "instances_train2017.json")
     for i in range(len(data)):
         _, target = data[i]
         for box, mask in zip(target["boxes"], target["masks"], strict=True):
@@ -47,7 +49,9 @@ def _write(tmp_path, images, annotations, categories=None, make_files=True):
             Image.new("RGB", (im["width"], im["height"])).save(tmp_path / "img" / im["file_name"])
     path = tmp_path / "instances.json"
     categories = categories or [{"id": 1, "name": "a"}, {"id": 7, "name": "b"}]
-    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    path.write_text(
+        json.dumps({"images": images, "annotations": annotations, "categories": categories})
+    )
     return tmp_path / "img", path
 
 
@@ -92,14 +96,29 @@ def test_labels_follow_the_order_of_category_ids(tmp_path):
         ("{not json", "is not valid JSON"),
         ('{"images": []}', "must be a JSON object with the lists"),
         (
-            json.dumps({"images": [_image(1)], "annotations": [_ann(1, 9, [0, 0, 1, 1])], "categories": [{"id": 1}]}),
+            json.dumps(
+                {
+                    "images": [_image(1)],
+                    "annotations": [_ann(1, 9, [0, 0, 1, 1])],
+                    "categories": [{"id": 1}],
+                }
+            ),
             "names image_id 9",
         ),
         (
-            json.dumps({"images": [_image(1)], "annotations": [_ann(1, 1, [0, 0, 1, 1], category=5)], "categories": [{"id": 1}]}),
+            json.dumps(
+                {
+                    "images": [_image(1)],
+                    "annotations": [_ann(1, 1, [0, 0, 1, 1], category=5)],
+                    "categories": [{"id": 1}],
+                }
+            ),
             "category_id 5",
         ),
-        (json.dumps({"images": [{"file_name": "x"}], "annotations": [], "categories": []}), "without the field 'id'"),
+        (
+            json.dumps({"images": [{"file_name": "x"}], "annotations": [], "categories": []}),
+            "without the field 'id'",
+        ),
     ],
 )
 def test_malformed_annotations_are_one_error_naming_the_file(tmp_path, content, message):
@@ -125,7 +144,11 @@ def test_more_categories_than_the_model_has_classes(tmp_path):
 def test_augmentation_keeps_boxes_masks_and_labels_together(shapes):
     torch.manual_seed(0)
     transform = detection_train_transform([48, 56, 64], 96, [40, 48], [24, 40])
-    data = CocoInstances(shapes / "train", shapes / "annotations" / "instances_train.json", transforms=transform)
+    data = CocoInstances(
+        shapes / "train2017",
+        shapes / "annotations" / "instances_train2017.json",
+        transforms=transform,
+    )
     sizes = set()
     for _ in range(4):
         for i in range(len(data)):

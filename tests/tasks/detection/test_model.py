@@ -19,7 +19,11 @@ def test_parameters_are_within_two_percent_of_the_paper(architecture, backbone):
     with torch.device("meta"):
         model = create_detector(architecture, backbone, 81)
     params = count_params(model) / 1e6
-    assert abs(params - PAPER[architecture, backbone].params_m) / PAPER[architecture, backbone].params_m < 0.02
+    assert (
+        abs(params - PAPER[architecture, backbone].params_m)
+        / PAPER[architecture, backbone].params_m
+        < 0.02
+    )
 
 
 @pytest.mark.slow
@@ -100,4 +104,6 @@ def test_an_unknown_backbone_is_named():
 
 def test_rpb_tables_get_no_weight_decay():
     names = _tiny("mask_rcnn").no_weight_decay()
-    assert names and all(n.startswith("backbone.body.levels.") and n.endswith(".rpb") for n in names)
+    assert names and all(
+        n.startswith("backbone.body.levels.") and n.endswith(".rpb") for n in names
+    )

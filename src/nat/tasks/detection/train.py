@@ -45,8 +45,9 @@ from .weights import load_detector_weights
 __all__ = ["RUNTIME_SETTINGS", "TRAIN_CHECKPOINT_FORMAT", "TrainResult", "open_split", "train"]
 
 TRAIN_CHECKPOINT_FORMAT = "nat-detection-train-v1"
-RUNTIME_SETTINGS = frozenset({"output", "workers", "device", "eval_batch_size", "data"})
-"""Settings that may change when a run is resumed: they do not affect the numbers."""
+RUNTIME_SETTINGS = frozenset({"output", "workers", "device", "eval_batch_size", "data", "epochs"})
+"""Settings that may change when a run is resumed: they do not affect the numbers (the learning
+rate depends on the milestones, not on ``epochs``, so a run can be resumed for more epochs)."""
 SHAPES_SEED = 0
 """The synthetic dataset is the same for every run (the training seed does not change it)."""
 
