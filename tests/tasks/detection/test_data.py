@@ -153,7 +153,7 @@ def test_augmentation_keeps_boxes_masks_and_labels_together(shapes):
     for _ in range(4):
         for i in range(len(data)):
             image, target = data[i]
-            assert image.dtype == torch.float32 and 0 <= image.min() and image.max() <= 1
+            assert image.dtype == torch.float32 and image.min() >= 0 and image.max() <= 1
             height, width = image.shape[-2:]
             sizes.add(min(height, width))
             boxes, masks = target["boxes"], target["masks"]

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from PIL import Image
 
 from nat.data.coco import CocoInstances, detection_collate, detection_eval_transform

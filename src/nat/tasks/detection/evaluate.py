@@ -58,6 +58,8 @@ def _image_results(
     boxes[:, 2:] -= boxes[:, :2]
     masks = (out["masks"][:, 0] > 0.5).cpu().numpy().astype(np.uint8)
     rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0))) if len(masks) else []
+    # a model with more classes than the dataset has categories (COCO weights on other data):
+    # its other classes cannot be scored and are left out
     return [
         {
             "image_id": image_id,
@@ -69,6 +71,7 @@ def _image_results(
         for box, label, score, rle in zip(
             boxes, out["labels"].tolist(), out["scores"].tolist(), rles, strict=True
         )
+        if label <= len(dataset.category_ids)
     ]
 
 
