@@ -26,6 +26,7 @@ from nat.tasks.detection import (
     predict,
     train,
 )
+from nat.tasks.detection.train import create_optimizer, step_schedule
 
 from .tiny import TINY_SETTINGS
 
@@ -66,6 +67,36 @@ def _tiny_model() -> torch.nn.Module:
     torch.manual_seed(0)
     kwargs = DetectConfig(**TINY_SETTINGS).model_kwargs()
     return create_detector("mask_rcnn", "nat_mini", 4, **kwargs)
+
+
+def test_the_schedule_warms_up_then_steps_down_after_each_milestone():
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([param], lr=1.0)
+    config = DetectConfig(milestones=[2, 3], warmup_iters=4, warmup_ratio=0.001)
+    schedule = step_schedule(optimizer, config, updates_per_epoch=10)
+    lrs = [optimizer.param_groups[0]["lr"]]  # lrs[u]: the lr of update u + 1
+    for update in range(1, 40):
+        schedule.step_update(num_updates=update)
+        lrs.append(optimizer.param_groups[0]["lr"])
+    assert lrs[0] == pytest.approx(0.001) and lrs[2] == pytest.approx(0.5005)
+    assert lrs[4] == lrs[19] == 1.0  # warmed up, until the last update of epoch 2
+    assert lrs[20] == pytest.approx(0.1) and lrs[29] == pytest.approx(0.1)
+    assert lrs[30] == pytest.approx(0.01)
+
+
+def test_norms_biases_and_rpb_tables_get_no_weight_decay():
+    model = _tiny_model()
+    optimizer = create_optimizer(model, DetectConfig(), lr=1e-4)
+    names = {id(p): n for n, p in model.named_parameters()}
+    undecayed = {
+        names[id(p)] for g in optimizer.param_groups if g["weight_decay"] == 0 for p in g["params"]
+    }
+    decayed = {
+        names[id(p)] for g in optimizer.param_groups if g["weight_decay"] > 0 for p in g["params"]
+    }
+    assert any(n.endswith(".rpb") for n in undecayed) and any("norm" in n for n in undecayed)
+    assert not any(n.endswith((".rpb", ".bias")) or "norm" in n for n in decayed)
+    assert {g["weight_decay"] for g in optimizer.param_groups} == {0.0, 0.05}
 
 
 def test_training_steps_reduce_the_loss(tmp_path):

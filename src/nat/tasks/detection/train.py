@@ -39,10 +39,18 @@ from ...engine import (
 )
 from .config import DetectConfig
 from .evaluate import evaluate
-from .model import Detector, create_detector
+from .model import create_detector
 from .weights import load_detector_weights
 
-__all__ = ["RUNTIME_SETTINGS", "TRAIN_CHECKPOINT_FORMAT", "TrainResult", "open_split", "train"]
+__all__ = [
+    "RUNTIME_SETTINGS",
+    "TRAIN_CHECKPOINT_FORMAT",
+    "TrainResult",
+    "create_optimizer",
+    "open_split",
+    "step_schedule",
+    "train",
+]
 
 TRAIN_CHECKPOINT_FORMAT = "nat-detection-train-v1"
 RUNTIME_SETTINGS = frozenset({"output", "workers", "device", "eval_batch_size", "data", "epochs"})
@@ -179,18 +187,8 @@ def _train(
         collate_fn=detection_collate,
     )
     lr = config.lr * config.batch_size * env.world_size / config.lr_batch_size
-    optimizer = create_optimizer_v2(
-        model, opt="adamw", lr=lr, weight_decay=config.weight_decay, betas=tuple(config.opt_betas)
-    )
-    scheduler = MultiStepLRScheduler(
-        optimizer,
-        decay_t=[m * len(loader) for m in config.milestones],
-        decay_rate=0.1,
-        warmup_t=config.warmup_iters,
-        warmup_lr_init=lr * config.warmup_ratio,
-        warmup_prefix=False,
-        t_in_epochs=False,
-    )
+    optimizer = create_optimizer(model, config, lr)
+    scheduler = step_schedule(optimizer, config, updates_per_epoch=len(loader))
     scaler = torch.amp.GradScaler(env.device.type, enabled=amp == "fp16")
 
     def loss(model: nn.Module, batch: Any) -> tuple[torch.Tensor, int]:
@@ -251,6 +249,32 @@ def _train(
     return summary, model
 
 
+def create_optimizer(model: nn.Module, config: DetectConfig, lr: float) -> torch.optim.Optimizer:
+    """AdamW at ``lr``; timm exempts 1-D parameters (norms, biases) and the model's
+    ``no_weight_decay()`` (the backbone's RPB tables) from weight decay."""
+    return create_optimizer_v2(
+        model, opt="adamw", lr=lr, weight_decay=config.weight_decay, betas=tuple(config.opt_betas)
+    )
+
+
+def step_schedule(
+    optimizer: torch.optim.Optimizer, config: DetectConfig, *, updates_per_epoch: int
+) -> MultiStepLRScheduler:
+    """x0.1 after each milestone epoch, after a linear warm-up over ``warmup_iters`` updates
+    from ``warmup_ratio`` x the optimizer's lr (mmdetection's ``step`` policy), per update."""
+    lr = optimizer.param_groups[0]["lr"]
+    return MultiStepLRScheduler(
+        optimizer,
+        # timm applies a milestone d from update d - 1 on: epoch m's last update keeps the lr
+        decay_t=[m * updates_per_epoch + 1 for m in config.milestones],
+        decay_rate=0.1,
+        warmup_t=config.warmup_iters,
+        warmup_lr_init=lr * config.warmup_ratio,
+        warmup_prefix=False,
+        t_in_epochs=False,
+    )
+
+
 def _skips(dataset: CocoInstances) -> str:
     counts = {k: v for k, v in dataset.skipped.items() if v}
     return "skipped: " + ", ".join(f"{v} {k}" for k, v in counts.items()) if counts else "no skips"
@@ -263,13 +287,3 @@ def _to_device(target: dict[str, Any], device: torch.device) -> dict[str, Any]:
         else v
         for k, v in target.items()
     }
-
-
-def build_from_checkpoint(state: dict[str, Any]) -> Detector:
-    """The detector a training checkpoint describes, with its weights (``model`` entry)."""
-    config = DetectConfig.from_dict(state["config"])
-    model = create_detector(
-        config.architecture, config.backbone, state["num_classes"], **config.model_kwargs()
-    )
-    model.load_state_dict(state["model"])
-    return model
