@@ -53,7 +53,7 @@ __all__ = [
 ]
 
 TRAIN_CHECKPOINT_FORMAT = "nat-detection-train-v1"
-RUNTIME_SETTINGS = frozenset({"output", "workers", "device", "eval_batch_size", "data", "epochs"})
+RUNTIME_SETTINGS = frozenset({"output", "workers", "device", "eval_batch_size", "epochs"})
 """Settings that may change when a run is resumed: they do not affect the numbers (the learning
 rate depends on the milestones, not on ``epochs``, so a run can be resumed for more epochs)."""
 SHAPES_SEED = 0
