@@ -45,6 +45,7 @@ __all__ = [
     "Detector",
     "Paper",
     "cascade_mask_rcnn",
+    "create_backbone",
     "create_detector",
     "mask_rcnn",
 ]
@@ -234,6 +235,8 @@ def create_detector(
     (``fpn_channels``; ``representation``: the box head's fc width), the anchors (one size per
     FPN level), the sampling (RPN proposals kept in training, RoIs per image) and the evaluation
     resize (shorter side ``min_size``, longer side at most ``max_size``)."""
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"architecture={architecture!r} must be one of {', '.join(ARCHITECTURES)}")
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(
             f"num_classes={num_classes!r} must be an integer >= 2 (the background counts: "
@@ -255,7 +258,7 @@ def create_detector(
             fpn_channels, num_classes, box_head, representation, iou=0.5,
             stds=(0.1, 0.1, 0.2, 0.2), **heads,
         )  # fmt: skip
-    elif architecture == "cascade_mask_rcnn":
+    else:
         stages = [
             _roi_heads(
                 fpn_channels,
@@ -271,8 +274,6 @@ def create_detector(
             for iou, stds in zip(CASCADE_IOUS, CASCADE_STDS, strict=True)
         ]
         roi_heads = CascadeRoIHeads(stages, CASCADE_WEIGHTS)
-    else:
-        raise ValueError(f"architecture={architecture!r} must be one of {', '.join(ARCHITECTURES)}")
     transform = DetectionTransform(min_size, max_size, IMAGENET_MEAN, IMAGENET_STD)
     rpn = _rpn(fpn_channels, anchor_sizes, rpn_train_pre, rpn_train_post)
     return Detector(architecture, num_classes, neck, rpn, roi_heads, transform)
