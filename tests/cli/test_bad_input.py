@@ -20,6 +20,7 @@ TRAIN = ["train", "--data", "{data}", "--no-progress", "--output", "{dir}/run"]
 VALIDATE = ["validate", "--checkpoint", "{file}", "--no-progress"]
 OPS = ["bench", "ops", "--quick", "--no-progress"]
 MODELS = ["bench", "models", "--quick", "--no-progress"]
+DETECT = ["detect", "train", "--no-progress", "--output", "{dir}/detect"]
 
 CASES = [
     # nat train: flags and --set go through the same settings check
@@ -76,6 +77,24 @@ CASES = [
     (["convert", "{file}", "{dir}/out.safetensors"], "bad.pth"),
     (["convert", "{dir}/missing.pth", "{dir}/out.safetensors"], "missing.pth"),
     (["convert", "{file}", "{dir}/out", "--to", "onnx"], "--to"),
+    # nat detect
+    ([*DETECT, "--epochs", "0"], "epochs=0"),
+    ([*DETECT, "--architecture", "yolo"], "architecture='yolo'"),
+    ([*DETECT, "--set", "crop_range=[600, 384]"], "crop_range=[600, 384]"),
+    ([*DETECT, "--set", "anchor_sizes=[32]"], "anchor_sizes=[32]"),
+    ([*DETECT, "--set", "backbone_args=3"], "backbone_args=3"),
+    ([*DETECT, "--config", "no_such_recipe"], "no_such_recipe"),
+    ([*DETECT, "--data", "{dir}/missing"], "missing"),
+    ([*DETECT, "--data", "{coco}"], "instances_train2017.json"),
+    (["detect", "eval", "--checkpoint", "{file}"], "bad.pth"),
+    (["detect", "eval", "--checkpoint", "{dir}/missing.pt"], "missing.pt"),
+    (["detect", "eval"], "--checkpoint"),
+    (["detect", "eval", "--checkpoint", "{file}", "--batch-size", "0"], "--batch-size"),
+    (["detect", "predict", "{dir}/a.png", "--checkpoint", "{file}"], "bad.pth"),
+    (["detect", "predict", "a.png", "--checkpoint", "{file}", "--score-thresh", "2"], "--score"),
+    (["detect", "bogus"], "bogus"),
+    (["models", "--task", "detection", "--img-size", "64"], "--img-size"),
+    (["models", "--task", "detection", "resnet50"], "resnet50"),
     # nat bench
     ([*OPS, "--repeats", "0"], "--repeats"),
     ([*OPS, "--warmup", "-1"], "--warmup"),
@@ -147,6 +166,8 @@ def places(tmp_path_factory):
     (root / "bad.yaml").write_text("epochs: [1, 2\nlr: 3\n")
     (root / "other.json").write_text('{"rows": []}')
     Image.new("RGB", (40, 30), (200, 40, 40)).save(root / "red.png")
+    (root / "coco" / "annotations").mkdir(parents=True)
+    (root / "coco" / "annotations" / "instances_train2017.json").write_text("{not json")
     return {
         "png": str(root / "red.png"),
         "file": str(root / "bad.pth"),
@@ -154,6 +175,7 @@ def places(tmp_path_factory):
         "data": str(make_split_folder(root / "data", classes=2, train=2, val=1)),
         "json": str(root / "other.json"),
         "yaml": str(root / "bad.yaml"),
+        "coco": str(root / "coco"),
     }
 
 

@@ -23,6 +23,7 @@ import pytest
 import torch
 from PIL import Image
 
+from nat.data.shapes import make_shapes_dataset
 from nat.files import atomic_save
 from nat.models import convert_checkpoint
 
@@ -36,6 +37,12 @@ HAS_NATTEN = importlib.util.find_spec("natten") is not None
 
 FAST = "--repeats 1 --warmup 0 --no-progress"
 TINY_TRAIN = "--epochs 1 --max-train-samples 8 --max-val-samples 4 --workers 0 --no-progress"
+# the paper's detection recipe at 64 px, one step per process, one image evaluated
+DETECT_SMALL = (
+    "--epochs 1 --batch-size 1 --max-val-samples 1 --workers 0 --no-progress "
+    "--set train_scales=[64] --set crop_scales=[64] --set crop_range=[48,64] --set max_size=96 "
+    "--set eval_size=64 --set max_train_samples=2"
+)
 # documented command -> (the command the test runs, a message it must fail with or None)
 SMALL: dict[str, tuple[str, str | None]] = {
     "make demo": ("make -n demo", None),
@@ -123,6 +130,32 @@ SMALL: dict[str, tuple[str, str | None]] = {
         "nat convert nat_tiny_maskrcnn.pth backbone.safetensors",
         None,
     ),
+    "nat detect train --output runs/shapes": (
+        "nat detect train --output runs/shapes --epochs 1 --set synthetic_images=[8,4] "
+        "--no-progress",
+        None,
+    ),
+    "nat detect eval --checkpoint runs/shapes/last.pt": (
+        "nat detect eval --checkpoint runs/shapes/last.pt --no-progress",
+        None,
+    ),
+    "nat detect predict runs/shapes/shapes/val2017/000001.png --checkpoint runs/shapes/last.pt": (
+        "nat detect predict runs/shapes/shapes/val2017/000001.png --checkpoint runs/shapes/last.pt",
+        None,
+    ),
+    "nat models --task detection": ("nat models --task detection nat_mini", None),
+    "torchrun --nproc_per_node 8 -m nat detect train --config coco_3x --backbone nat_tiny "
+    "--data /path/to/coco": (
+        "torchrun --nproc_per_node 2 -m nat detect train --config coco_3x --backbone nat_tiny "
+        f"--data {{coco}} --output run-detect {DETECT_SMALL}",
+        None,
+    ),
+    "nat detect eval --checkpoint nat_tiny_maskrcnn.pth --architecture mask_rcnn "
+    "--backbone nat_tiny --data /path/to/coco": (
+        "nat detect eval --checkpoint nat_tiny_maskrcnn.pth --architecture mask_rcnn "
+        "--backbone nat_tiny --data {coco} --max-samples 1 --no-progress",
+        None,
+    ),
     "nat export nat_tiny --checkpoint nat_tiny.pth --format onnx --output nat_tiny.onnx "
     "--batch dynamic": (
         "nat export nat_tiny --checkpoint nat_tiny.pth --format onnx --output nat_tiny.onnx "
@@ -199,6 +232,7 @@ def workdir(tmp_path, published):
     places = {
         "folder": str(make_split_folder(tmp_path / "folder", classes=2, train=4, val=2)),
         "imagenet": str(make_split_folder(tmp_path / "imagenet", classes=3, train=4, val=2)),
+        "coco": str(make_shapes_dataset(tmp_path / "coco", train_images=4, val_images=2, size=64)),
     }
     return tmp_path, env, places
 

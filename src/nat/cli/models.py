@@ -21,6 +21,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     models.add_argument(
         "--img-size", default=None, metavar="N", help="square input size (default: each variant's)"
     )
+    models.add_argument(
+        "--task",
+        default="classification",
+        metavar="{classification,detection}",
+        help="detection: Mask R-CNN / Cascade Mask R-CNN params and GFLOPs at 1280x800 beside "
+        "the paper's (NAMEs filter the backbones)",
+    )
     models.set_defaults(func=_models)
 
     convert = subparsers.add_parser(
@@ -52,10 +59,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _models(args: argparse.Namespace) -> int:
     from ..models.summary import format_table, model_table
 
+    if args.task == "detection":
+        return _detection_models(args)
+    if args.task != "classification":
+        raise CLIError(f"--task={args.task!r} must be one of classification, detection")
+
     if args.img_size is not None and not (args.img_size.isdigit() and int(args.img_size) >= 1):
         raise CLIError(f"--img-size={args.img_size!r} must be a positive integer")
     img_size = None if args.img_size is None else int(args.img_size)
     print(format_table(model_table(args.names or None, img_size)))
+    return 0
+
+
+def _detection_models(args: argparse.Namespace) -> int:
+    from ..tasks.detection.model import PAPER
+    from ..tasks.detection.summary import detection_table, format_detection_table
+
+    if args.img_size is not None:
+        raise CLIError("--img-size does not apply to --task detection (counted at 1280x800)")
+    rows = [key for key in PAPER if not args.names or key[1] in args.names]
+    if not rows:
+        known = sorted({backbone for _, backbone in PAPER})
+        raise CLIError(f"names={args.names} match no detection backbone; known: {known}")
+    print(format_detection_table(detection_table(rows)))
     return 0
 
 
