@@ -21,6 +21,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     models.add_argument(
         "--img-size", default=None, metavar="N", help="square input size (default: each variant's)"
     )
+    models.add_argument(
+        "--task",
+        default="classification",
+        metavar="{classification,segmentation}",
+        help="segmentation: UPerNet with each NAT backbone, params and GFLOPs at 512x2048 next "
+        "to the paper's",
+    )
     models.set_defaults(func=_models)
 
     convert = subparsers.add_parser(
@@ -50,12 +57,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _models(args: argparse.Namespace) -> int:
+    if args.task == "segmentation":
+        return _segmentation_models(args)
+    if args.task != "classification":
+        raise CLIError(f"--task={args.task!r} must be classification or segmentation")
     from ..models.summary import format_table, model_table
 
     if args.img_size is not None and not (args.img_size.isdigit() and int(args.img_size) >= 1):
         raise CLIError(f"--img-size={args.img_size!r} must be a positive integer")
     img_size = None if args.img_size is None else int(args.img_size)
     print(format_table(model_table(args.names or None, img_size)))
+    return 0
+
+
+def _segmentation_models(args: argparse.Namespace) -> int:
+    from ..tasks.segmentation.summary import format_table, segmentation_table
+
+    if args.img_size is not None:
+        raise CLIError("--img-size does not apply to --task segmentation (512x2048, the paper's)")
+    print(format_table(segmentation_table(args.names or None)))
     return 0
 
 
