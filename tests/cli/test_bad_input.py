@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from nat.cli import main
+from nat.data.segmentation import write_mask_folder
 
 from ..data.folders import make_split_folder
 
@@ -19,6 +22,10 @@ TRAIN = ["train", "--data", "{data}", "--no-progress", "--output", "{dir}/run"]
 VALIDATE = ["validate", "--checkpoint", "{file}", "--no-progress"]
 OPS = ["bench", "ops", "--quick", "--no-progress"]
 MODELS = ["bench", "models", "--quick", "--no-progress"]
+SEGMENT = [
+    "segment", "train", "--no-progress", "--output", "{dir}/segment", "--iterations", "1",
+    "--eval-interval", "1", "--batch-size", "2",
+]  # fmt: skip
 
 CASES = [
     # nat train: flags and --set go through the same settings check
@@ -93,6 +100,20 @@ CASES = [
     (["bench", "plot", "{file}", "--out", "{dir}/a.png"], "bad.pth"),
     (["bench", "plot", "{json}", "--out", "{dir}/a.png"], "other.json"),
     (["bench", "plot", "{dir}/missing.json", "--out", "{dir}/a.png"], "missing.json"),
+    # nat segment: bad data names the file, bad settings the setting (faults found while
+    # reading, after training started: tests/tasks/segmentation/test_train.py)
+    ([*SEGMENT, "--data", "{seg_missing}"], "00001.png has no mask"),
+    ([*SEGMENT, "--data", "{dir}/missing"], "missing"),
+    ([*SEGMENT, "--iterations", "3", "--eval-interval", "2"], "iterations=3"),
+    ([*SEGMENT, "--set", "crop_size=8"], "crop_size=8"),
+    ([*SEGMENT, "--backbone", "nat_huge"], "nat_huge"),
+    ([*SEGMENT, "--config", "no_such_recipe"], "no_such_recipe"),
+    (["segment", "eval", "{file}"], "bad.pth"),
+    (["segment", "eval", "{dir}/missing.pt"], "missing.pt"),
+    (["segment", "eval", "{file}", "--mode", "tiles"], "--mode"),
+    (["segment", "eval", "{file}", "--scale", "0", "5"], "--scale"),
+    (["segment", "predict", "{dir}/missing.png", "--checkpoint", "{file}"], "missing.png"),
+    (["models", "--task", "painting"], "painting"),
     (["bogus-command"], "bogus-command"),
 ]
 
@@ -109,7 +130,16 @@ def places(tmp_path_factory):
         "data": str(make_split_folder(root / "data", classes=2, train=2, val=1)),
         "json": str(root / "other.json"),
         "yaml": str(root / "bad.yaml"),
+        **_segmentation_folders(root),
     }
+
+
+def _segmentation_folders(root: Path) -> dict[str, str]:
+    """A mask folder whose second training image has no mask."""
+    samples = [(np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8))] * 2
+    folder = write_mask_folder(root / "seg", {"train": samples, "val": samples}, ["a", "b"])
+    (folder / "masks/train/00001.png").unlink()
+    return {"seg_missing": str(folder)}
 
 
 @pytest.mark.parametrize(("argv", "named"), CASES, ids=[" ".join(c[0]) for c in CASES])

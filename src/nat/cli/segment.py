@@ -78,6 +78,10 @@ def _register_eval(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--multi-scale", action="store_true", help="ratios 0.5, 0.75, ..., 1.75")
     p.add_argument("--flip", action="store_true", help="also the mirrored images")
     p.add_argument("--mode", default=None, choices=("whole", "slide"), help="whole or windows")
+    p.add_argument(
+        "--scale", type=positive_int, nargs=2, default=None, metavar=("LONG", "SHORT"),
+        help="fit images into LONG x SHORT (default: the trained scale; ADE20K 2048 512)",
+    )  # fmt: skip
     p.add_argument("--max-samples", type=positive_int, default=None)
     p.add_argument("--workers", type=non_negative_int, default=2)
     p.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"))
@@ -98,6 +102,7 @@ def _register_predict(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--multi-scale", action="store_true")
     p.add_argument("--flip", action="store_true")
     p.add_argument("--mode", default=None, choices=("whole", "slide"))
+    p.add_argument("--scale", type=positive_int, nargs=2, default=None, metavar=("LONG", "SHORT"))
     p.add_argument("--device", default=None)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -146,6 +151,7 @@ def _eval(args: argparse.Namespace) -> int:
         multi_scale=args.multi_scale,
         flip=args.flip,
         mode=args.mode,
+        scale=args.scale,
         max_samples=args.max_samples,
         workers=args.workers,
         amp=args.amp,
@@ -176,6 +182,7 @@ def _predict(args: argparse.Namespace) -> int:
         multi_scale=args.multi_scale,
         flip=args.flip,
         mode=args.mode,
+        scale=args.scale,
         device=args.device,
     )
     if args.json:

@@ -223,9 +223,9 @@ class SyntheticScenes(Dataset):
         yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
         angle, period = rng.uniform(0, np.pi), rng.uniform(4, 12)
         stripes = np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * 2 * np.pi / period) > 0
-        low, high = rng.integers(0, 256, (2, 3))
-        image = np.where(stripes[..., None], low, high).astype(np.float32)
-        image += rng.normal(0, 20, (s, s, 3))
+        base = rng.uniform(40, 216, 3)
+        image = np.where(stripes[..., None], base - 30, base + 30).astype(np.float32)
+        image += rng.normal(0, 12, (s, s, 3))
         mask = np.zeros((s, s), np.uint8)
         for _ in range(rng.integers(1, 4)):
             label = int(rng.integers(1, len(SYNTHETIC_CLASSES)))

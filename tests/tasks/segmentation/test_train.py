@@ -4,6 +4,7 @@ learnt, resume is exact, eval writes its JSON, predict its overlay."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -98,3 +99,30 @@ def test_cli_train_eval_predict(tmp_path: Path, capsys: pytest.CaptureFixture[st
                  "--out", str(tmp_path / "out")]) == 0  # fmt: skip
     overlay = np.asarray(Image.open(tmp_path / "out" / "scene_overlay.png"))
     assert overlay.shape[1] > 32 and overlay.shape[0] >= 32  # the image and its legend
+
+
+@pytest.mark.parametrize(
+    ("fault", "message"),
+    [
+        ("size", r"mask \S+00001.png is 5x5 but image \S+00001.png is 8x8"),
+        ("label", r"mask \S+00001.png has label 9, outside the 3 classes"),
+        ("corrupt", r"cannot read mask \S+00001.png"),
+    ],
+)
+def test_a_bad_file_met_in_training_stops_it_naming_the_file(
+    fault: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    samples = [(np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8))] * 2
+    root = write_mask_folder(tmp_path / "data", {"train": samples, "val": samples}, "abc")
+    mask = root / "masks/train/00001.png"
+    if fault == "size":
+        Image.fromarray(np.zeros((5, 5), np.uint8)).save(mask)
+    elif fault == "label":
+        Image.fromarray(np.full((8, 8), 9, np.uint8)).save(mask)
+    else:
+        mask.write_bytes(mask.read_bytes()[:40])
+    argv = ["segment", "train", "--data", str(root), "--iterations", "1", "--eval-interval", "1",
+            "--batch-size", "2", "--output", str(tmp_path / "run"), "--no-progress"]  # fmt: skip
+    assert main(argv) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert re.fullmatch(rf"nat segment: error: .*{message}.*", last), last

@@ -3,6 +3,8 @@ training and evaluation transforms."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import Dataset
 
@@ -48,11 +50,14 @@ def eval_protocol(
     multi_scale: bool = False,
     flip: bool = False,
     mode: str | None = None,
+    scale: Sequence[int] | None = None,
 ) -> EvalProtocol:
-    """The paper's test: ``config.scale`` (ADE20K: shorter side 512), whole image; multi-scale:
-    ratios 0.5-1.75; sliding windows of the crop size at two thirds of it."""
+    """The paper's test: ``scale`` or ``config.scale`` (ADE20K: shorter side 512), whole image;
+    multi-scale: ratios 0.5-1.75; sliding windows of the crop size at two thirds of it."""
+    if scale is not None and (len(scale) != 2 or min(scale) < 1):
+        raise ValueError(f"scale={list(scale)} must be two sizes >= 1 (long side, short side)")
     return EvalProtocol(
-        scale=tuple(config.scale),
+        scale=tuple(scale or config.scale),
         ratios=MULTI_SCALE_RATIOS if multi_scale else (1.0,),
         flip=flip,
         mode=mode or config.eval_mode,

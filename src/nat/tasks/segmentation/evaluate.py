@@ -4,6 +4,7 @@ a checkpoint (of this package or mmsegmentation's) on a dataset."""
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -84,6 +85,7 @@ def evaluate(
     multi_scale: bool = False,
     flip: bool = False,
     mode: str | None = None,
+    scale: Sequence[int] | None = None,
     max_samples: int | None = None,
     workers: int = 2,
     amp: str = "none",
@@ -92,7 +94,8 @@ def evaluate(
 ) -> dict[str, Any]:
     """Evaluate ``checkpoint`` on ``split`` of ``data`` (default: the data it was trained on) with
     the paper's protocol (single scale, or ``multi_scale`` and ``flip``; ``mode`` whole or
-    slide). Returns ``miou``, ``macc``, ``aacc``, ``per_class`` and what was evaluated."""
+    slide; ``scale`` (long, short) instead of the trained one). Returns ``miou``, ``macc``,
+    ``aacc``, ``per_class`` and what was evaluated."""
     env = init_distributed(device)
     state_config = None
     if data is None:
@@ -118,6 +121,7 @@ def evaluate(
         multi_scale=multi_scale,
         flip=flip,
         mode=mode,
+        scale=scale,
     )
     dataset.transform = eval_transform()
     loader = eval_loader(limit(dataset, max_samples), 1, env, workers=workers)

@@ -4,7 +4,8 @@ The model joins smp's timm encoder (``tu-<backbone>``; for NAT/DiNAT a
 :class:`nat.models.NATBackbone` whose four outputs are already layer-normed) and smp's UPerNet
 decoder (pyramid pooling 1, 2, 3, 6 on the last level, FPN fusion of all four, BatchNorm) with
 mmsegmentation's classifier (dropout 0.1, 1x1 conv) and auxiliary FCN head on the third level
-(one 3x3 conv-BN-ReLU, dropout 0.1, 1x1 conv), used only in training. Logits come back at the input's resolution (bilinear, no corner alignment).
+(one 3x3 conv-BN-ReLU, dropout 0.1, 1x1 conv), used only in training. Logits come back at the
+input's resolution (bilinear, no corner alignment).
 """
 
 from __future__ import annotations

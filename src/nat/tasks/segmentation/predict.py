@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import colorsys
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,7 @@ def predict(
     multi_scale: bool = False,
     flip: bool = False,
     mode: str | None = None,
+    scale: Sequence[int] | None = None,
     alpha: float = 0.5,
     device: str | None = None,
 ) -> list[dict[str, Any]]:
@@ -91,7 +93,7 @@ def predict(
     )
     classes = trained or classes
     protocol = eval_protocol(
-        config or SegmentConfig(), multi_scale=multi_scale, flip=flip, mode=mode
+        config or SegmentConfig(), multi_scale=multi_scale, flip=flip, mode=mode, scale=scale
     )
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(dev)
