@@ -191,9 +191,9 @@ class SegmentationFolder(Dataset):
 
 
 class SyntheticScenes(Dataset):
-    """Generated scenes: 1-3 shapes (disc, square, triangle, ring) of random colour and size on a
-    textured background (noise and stripes of random colours), so that classes are told apart by
-    shape, not colour. Sample ``i`` of a split depends only on ``(seed, split, i)``."""
+    """Generated scenes: 1-3 shapes (disc, square, triangle, ring) of random size and colour (far
+    from the background's) on a textured background (noisy stripes around a random colour), so
+    that classes are told apart by shape, not colour. Sample ``i`` of a split depends only on ``(seed, split, i)``."""
 
     classes: tuple[str, ...] = SYNTHETIC_CLASSES
 
@@ -232,7 +232,7 @@ class SyntheticScenes(Dataset):
             radius = rng.uniform(0.12, 0.28) * s
             cy, cx = rng.uniform(radius, s - radius, 2)
             inside = _shape(label, yy - cy, xx - cx, radius, rng.uniform(0, 2 * np.pi))
-            colour = rng.integers(0, 256, 3)
+            colour = (base + 128 + rng.uniform(-48, 48, 3)) % 256  # away from the background
             image[inside] = colour + rng.normal(0, 10, (int(inside.sum()), 3))
             mask[inside] = label
         image = np.clip(image, 0, 255).astype(np.uint8)

@@ -37,19 +37,19 @@ TINY = {
 
 @pytest.fixture(scope="module")
 def few_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Four synthetic scenes, the same in train and val."""
-    scenes = [SyntheticScenes("train", size=32).load(i) for i in range(4)]
+    """Four synthetic scenes, the same in train and val, with >= 250 pixels of every class."""
+    scenes = [SyntheticScenes("train", size=48).load(i) for i in (3, 6, 7, 14)]
     root = tmp_path_factory.mktemp("few")
     return write_mask_folder(root, {"train": scenes, "val": scenes}, SyntheticScenes.classes)
 
 
 def test_a_few_images_are_learnt(few_images: Path, tmp_path: Path) -> None:
     config = load_config("synthetic").replace(
-        **TINY,
+        **{**TINY, "crop_size": 48, "scale": [96, 48]},
         data=str(few_images),
         output=str(tmp_path / "run"),
-        iterations=150,
-        eval_interval=50,
+        iterations=200,
+        eval_interval=100,
         lr=3e-3,
         warmup_iters=5,
         ratio_range=[1.0, 1.0],
@@ -59,7 +59,7 @@ def test_a_few_images_are_learnt(few_images: Path, tmp_path: Path) -> None:
     result = train(config, progress=False)
     history = load_checkpoint(result.output / "last.pt")["history"]
     assert history[-1]["train_loss"] < 0.5 * history[0]["train_loss"]
-    assert result.summary["miou"] > 70
+    assert result.summary["miou"] > 80  # measured: 88.9 (81.8 after 100 iterations)
 
 
 def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path: Path) -> None:
