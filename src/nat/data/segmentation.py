@@ -193,7 +193,8 @@ class SegmentationFolder(Dataset):
 class SyntheticScenes(Dataset):
     """Generated scenes: 1-3 shapes (disc, square, triangle, ring) of random size and colour (far
     from the background's) on a textured background (noisy stripes around a random colour), so
-    that classes are told apart by shape, not colour. Sample ``i`` of a split depends only on ``(seed, split, i)``."""
+    that classes are told apart by shape, not colour. Sample ``i`` of a split depends only on
+    ``(seed, split, i)``."""
 
     classes: tuple[str, ...] = SYNTHETIC_CLASSES
 
