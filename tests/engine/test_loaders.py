@@ -22,9 +22,7 @@ def test_epochs_continue_a_stream_of_whole_passes() -> None:
 
 
 def test_ranks_share_each_epoch_without_overlap() -> None:
-    ranks = [
-        IterationSampler(10, 2, 3, DistEnv(rank=r, world_size=2), seed=1) for r in range(2)
-    ]
+    ranks = [IterationSampler(10, 2, 3, DistEnv(rank=r, world_size=2), seed=1) for r in range(2)]
     single = IterationSampler(10, 2, 6, DistEnv(), seed=1)
     parts = [_epoch(s, 1) for s in ranks]
     assert sorted(parts[0] + parts[1]) == sorted(_epoch(single, 1))
