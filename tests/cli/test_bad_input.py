@@ -23,8 +23,8 @@ VALIDATE = ["validate", "--checkpoint", "{file}", "--no-progress"]
 OPS = ["bench", "ops", "--quick", "--no-progress"]
 MODELS = ["bench", "models", "--quick", "--no-progress"]
 SEGMENT = [
-    "segment", "train", "--no-progress", "--output", "{dir}/segment", "--iterations", "1",
-    "--eval-interval", "1", "--batch-size", "2",
+    "segment", "train", "--config", "synthetic", "--no-progress", "--output", "{dir}/segment",
+    "--iterations", "1", "--eval-interval", "1", "--batch-size", "2",
 ]  # fmt: skip
 
 CASES = [

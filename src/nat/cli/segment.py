@@ -50,7 +50,12 @@ def _register_train(commands: argparse._SubParsersAction) -> None:
         "'synthetic' recipe). Recipes upernet_nat_{mini,tiny,small,base} are the paper's "
         "(torchrun --nproc_per_node 8 -m nat segment train --config upernet_nat_tiny --data ...).",
     )
-    p.add_argument("--config", default=None, help="named recipe or YAML file (default synthetic)")
+    p.add_argument(
+        "--config",
+        default=None,
+        help="named recipe or YAML file; default: synthetic without --data, else the paper's "
+        "settings (nat.tasks.segmentation.SegmentConfig)",
+    )
     for flag, type_, help_ in _TRAIN_OVERRIDES:
         p.add_argument(flag, type=type_, default=None, help=help_)
     p.add_argument("--pretrained", action="store_true", default=None, help="timm backbone weights")
@@ -128,6 +133,8 @@ def _train(args: argparse.Namespace) -> int:
         if saved is None:
             raise CLIError(f"{args.resume} is not a training checkpoint; cannot resume")
         config = SegmentConfig.from_dict(saved)
+    elif args.config is None and overrides.get("data") is not None:
+        config = SegmentConfig()  # the paper's settings (UPerNet-NAT-Tiny, 160k iterations)
     else:
         config = load_config(args.config or "synthetic")
     result = train(config.replace(**overrides), resume=args.resume, progress=not args.no_progress)

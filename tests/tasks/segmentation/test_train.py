@@ -69,9 +69,12 @@ def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path: Path) -> None:
     whole = train(config.replace(output=str(tmp_path / "whole")), progress=False)
     first = config.replace(output=str(tmp_path / "cut"), iterations=3)
     train(first, progress=False)
-    # what a kill after the first epoch leaves: last.pt of epoch 1, settings of the full run
+    # What a kill after the first epoch leaves: last.pt of epoch 1 with the full run's settings.
+    # All 6 iterations lie in the warm-up (25), whose learning rates do not depend on the total,
+    # so the 3-iteration run is the 6-iteration run's first epoch.
+    assert config.warmup_iters > config.iterations
     state = load_checkpoint(tmp_path / "cut" / "last.pt")
-    state["config"]["iterations"] = 6
+    state["config"]["iterations"] = state["scheduler"]["t_initial"] = 6
     torch.save(state, tmp_path / "cut" / "last.pt")
     resumed = train(config.replace(output=str(tmp_path / "cut")), progress=False)
     a, b = whole.model.state_dict(), resumed.model.state_dict()
@@ -121,8 +124,9 @@ def test_a_bad_file_met_in_training_stops_it_naming_the_file(
         Image.fromarray(np.full((8, 8), 9, np.uint8)).save(mask)
     else:
         mask.write_bytes(mask.read_bytes()[:40])
-    argv = ["segment", "train", "--data", str(root), "--iterations", "1", "--eval-interval", "1",
-            "--batch-size", "2", "--output", str(tmp_path / "run"), "--no-progress"]  # fmt: skip
+    argv = ["segment", "train", "--config", "synthetic", "--data", str(root), "--iterations", "1",
+            "--eval-interval", "1", "--batch-size", "2", "--output", str(tmp_path / "run"),
+            "--no-progress"]  # fmt: skip
     assert main(argv) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert re.fullmatch(rf"nat segment: error: .*{message}.*", last), last
