@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from nat.cli import main
+from nat.data.segmentation import write_mask_folder
 
 from ..data.folders import make_split_folder
 
@@ -21,6 +24,10 @@ VALIDATE = ["validate", "--checkpoint", "{file}", "--no-progress"]
 OPS = ["bench", "ops", "--quick", "--no-progress"]
 MODELS = ["bench", "models", "--quick", "--no-progress"]
 DETECT = ["detect", "train", "--no-progress", "--output", "{dir}/detect"]
+SEGMENT = [
+    "segment", "train", "--config", "synthetic", "--no-progress", "--output", "{dir}/segment",
+    "--iterations", "1", "--eval-interval", "1", "--batch-size", "2",
+]  # fmt: skip
 
 CASES = [
     # nat train: flags and --set go through the same settings check
@@ -155,6 +162,20 @@ CASES = [
     (["plot", "--points", "resnet18"], "resnet18"),
     (["plot", "--models", "bogus"], "bogus"),
     (["plot", "--warmup", "-1"], "--warmup"),
+    # nat segment: bad data names the file, bad settings the setting (faults found while
+    # reading, after training started: tests/tasks/segmentation/test_train.py)
+    ([*SEGMENT, "--data", "{seg_missing}"], "00001.png has no mask"),
+    ([*SEGMENT, "--data", "{dir}/missing"], "missing"),
+    ([*SEGMENT, "--iterations", "3", "--eval-interval", "2"], "iterations=3"),
+    ([*SEGMENT, "--set", "crop_size=8"], "crop_size=8"),
+    ([*SEGMENT, "--backbone", "nat_huge"], "nat_huge"),
+    ([*SEGMENT, "--config", "no_such_recipe"], "no_such_recipe"),
+    (["segment", "eval", "{file}"], "bad.pth"),
+    (["segment", "eval", "{dir}/missing.pt"], "missing.pt"),
+    (["segment", "eval", "{file}", "--mode", "tiles"], "--mode"),
+    (["segment", "eval", "{file}", "--scale", "0", "5"], "--scale"),
+    (["segment", "predict", "{dir}/missing.png", "--checkpoint", "{file}"], "missing.png"),
+    (["models", "--task", "painting"], "painting"),
     (["bogus-command"], "bogus-command"),
 ]
 
@@ -176,7 +197,16 @@ def places(tmp_path_factory):
         "json": str(root / "other.json"),
         "yaml": str(root / "bad.yaml"),
         "coco": str(root / "coco"),
+        **_segmentation_folders(root),
     }
+
+
+def _segmentation_folders(root: Path) -> dict[str, str]:
+    """A mask folder whose second training image has no mask."""
+    samples = [(np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8))] * 2
+    folder = write_mask_folder(root / "seg", {"train": samples, "val": samples}, ["a", "b"])
+    (folder / "masks/train/00001.png").unlink()
+    return {"seg_missing": str(folder)}
 
 
 @pytest.mark.parametrize(("argv", "named"), CASES, ids=[" ".join(c[0]) for c in CASES])

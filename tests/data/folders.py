@@ -37,3 +37,20 @@ def corrupt(path: Path) -> Path:
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 3])
     return path
+
+
+def make_ade20k_folder(root: Path, train: int = 4, val: int = 2, size: int = 24) -> Path:
+    """ADE20K's layout (``images/{training,validation}``, ``annotations/...``) holding random
+    images and masks with labels 0 (ignored) to 150."""
+    rng = np.random.default_rng(0)
+    for split, count in (("training", train), ("validation", val)):
+        for sub in ("images", "annotations"):
+            (root / sub / split).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            pixels = rng.integers(0, 256, (size, size + 8, 3), dtype=np.uint8)
+            labels = rng.integers(0, 151, (size, size + 8), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / "images" / split / f"ADE_{split}_{i:08d}.jpg")
+            Image.fromarray(labels, mode="L").save(
+                root / "annotations" / split / f"ADE_{split}_{i:08d}.png"
+            )
+    return root

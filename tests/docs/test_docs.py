@@ -26,8 +26,9 @@ from PIL import Image
 from nat.data.shapes import make_shapes_dataset
 from nat.files import atomic_save
 from nat.models import convert_checkpoint
+from nat.segmentation import to_mmseg, upernet
 
-from ..data.folders import make_split_folder
+from ..data.folders import make_ade20k_folder, make_split_folder
 from ..models.synthetic import synthetic_state_dict
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,6 +37,10 @@ FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
 HAS_NATTEN = importlib.util.find_spec("natten") is not None
 
 FAST = "--repeats 1 --warmup 0 --no-progress"
+SEG_TRAIN = (
+    "--iterations 2 --eval-interval 1 --set synthetic_train=8 --set synthetic_val=2 --workers 0 "
+    "--no-progress"
+)
 TINY_TRAIN = "--epochs 1 --max-train-samples 8 --max-val-samples 4 --workers 0 --no-progress"
 # the paper's detection recipe at 64 px, one step per process, one image evaluated
 DETECT_SMALL = (
@@ -162,6 +167,34 @@ SMALL: dict[str, tuple[str, str | None]] = {
         "--batch dynamic --input-size 64 64",
         None,
     ),
+    "nat segment train": (f"nat segment train {SEG_TRAIN}", None),
+    "nat segment train --output runs/seg-demo": (
+        f"nat segment train --output runs/seg-demo {SEG_TRAIN}",
+        None,
+    ),
+    "nat segment eval runs/seg-demo/last.pt --multi-scale --flip --json seg-eval.json": (
+        "nat segment eval runs/seg-demo/last.pt --multi-scale --flip --json seg-eval.json "
+        "--workers 0 --no-progress",
+        None,
+    ),
+    "nat segment predict scene.png --checkpoint runs/seg-demo/last.pt --out predictions": (
+        "nat segment predict scene.png --checkpoint runs/seg-demo/last.pt --out predictions",
+        None,
+    ),
+    "nat models --task segmentation": ("nat models --task segmentation nat_mini", None),
+    "torchrun --nproc_per_node 8 -m nat segment train --config upernet_nat_tiny "
+    "--data /path/to/ADEChallengeData2016": (
+        "torchrun --nproc_per_node 2 -m nat segment train --config upernet_nat_tiny "
+        "--data {ade20k} --set pretrained=false --set crop_size=32 --set scale=[64,32] "
+        f"--output run-seg-ddp --batch-size 2 --max-val-samples 1 {SEG_TRAIN}",
+        None,
+    ),
+    "nat segment eval nat_tiny_upernet.pth --backbone nat_tiny "
+    "--data /path/to/ADEChallengeData2016 --multi-scale --flip": (
+        "nat segment eval nat_tiny_upernet.pth --backbone nat_tiny --data {ade20k} --multi-scale "
+        "--flip --scale 64 32 --max-samples 1 --workers 0 --no-progress",
+        None,
+    ),
     "nat export dinat_tiny --format exported-program --output dinat_tiny.pt2 "
     "--input-size 256 256": (
         "nat export dinat_tiny --format exported-program --output dinat_tiny.pt2 "
@@ -212,6 +245,8 @@ def published(tmp_path_factory):
     convert_checkpoint(
         root / "dinat_mini_in1k_224.pth", root / "shi-labs" / "dinat-mini-in1k-224", "hf"
     )
+    upernet_tiny = to_mmseg(upernet("nat_tiny", 150).state_dict())
+    atomic_save({"meta": {}, "state_dict": upernet_tiny}, root / "nat_tiny_upernet.pth")
     return root
 
 
@@ -221,18 +256,20 @@ def workdir(tmp_path, published):
     for name in ("nat_tiny.pth", "dinat_tiny_in1k_224.pth"):
         os.symlink(published / name, tmp_path / name)
     os.symlink(published / "mm.pth", tmp_path / "nat_tiny_maskrcnn.pth")
+    os.symlink(published / "nat_tiny_upernet.pth", tmp_path / "nat_tiny_upernet.pth")
     os.symlink(published / "shi-labs", tmp_path / "shi-labs")
     cache = tmp_path / "torch-home" / "hub" / "checkpoints"
     cache.mkdir(parents=True)
     os.symlink(published / "nat_tiny.pth", cache / "nat_tiny.pth")
     pixels = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
-    for name in ("cat.jpg", "china.jpg", "flower.jpg"):
+    for name in ("cat.jpg", "china.jpg", "flower.jpg", "scene.png"):
         Image.fromarray(pixels).save(tmp_path / name)
     env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch-home"), "PYTHONUNBUFFERED": "1"}
     places = {
         "folder": str(make_split_folder(tmp_path / "folder", classes=2, train=4, val=2)),
         "imagenet": str(make_split_folder(tmp_path / "imagenet", classes=3, train=4, val=2)),
         "coco": str(make_shapes_dataset(tmp_path / "coco", train_images=4, val_images=2, size=64)),
+        "ade20k": str(make_ade20k_folder(tmp_path / "ade20k")),
     }
     return tmp_path, env, places
 

@@ -24,9 +24,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     models.add_argument(
         "--task",
         default="classification",
-        metavar="{classification,detection}",
+        metavar="{classification,detection,segmentation}",
         help="detection: Mask R-CNN / Cascade Mask R-CNN params and GFLOPs at 1280x800 beside "
-        "the paper's (NAMEs filter the backbones)",
+        "the paper's (NAMEs filter the backbones); segmentation: UPerNet with each NAT backbone, "
+        "params and GFLOPs at 512x2048 beside the paper's",
     )
     models.set_defaults(func=_models)
 
@@ -57,12 +58,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from ..models.summary import format_table, model_table
-
     if args.task == "detection":
         return _detection_models(args)
+    if args.task == "segmentation":
+        return _segmentation_models(args)
     if args.task != "classification":
-        raise CLIError(f"--task={args.task!r} must be one of classification, detection")
+        raise CLIError(
+            f"--task={args.task!r} must be one of classification, detection, segmentation"
+        )
+    from ..models.summary import format_table, model_table
 
     if args.img_size is not None and not (args.img_size.isdigit() and int(args.img_size) >= 1):
         raise CLIError(f"--img-size={args.img_size!r} must be a positive integer")
@@ -82,6 +86,15 @@ def _detection_models(args: argparse.Namespace) -> int:
         known = sorted({backbone for _, backbone in PAPER})
         raise CLIError(f"names={args.names} match no detection backbone; known: {known}")
     print(format_detection_table(detection_table(rows)))
+    return 0
+
+
+def _segmentation_models(args: argparse.Namespace) -> int:
+    from ..tasks.segmentation.summary import format_table, segmentation_table
+
+    if args.img_size is not None:
+        raise CLIError("--img-size does not apply to --task segmentation (512x2048, the paper's)")
+    print(format_table(segmentation_table(args.names or None)))
     return 0
 
 

@@ -4,6 +4,7 @@ directory and the fit loop. Tasks (``nat.tasks.*``) add a model, data, a loss an
 from .checkpoint import CheckpointError, load_checkpoint, resumed_settings, save_checkpoint
 from .distributed import (
     DistEnv,
+    IterationSampler,
     ShardSampler,
     all_reduce_sum,
     barrier,
@@ -13,7 +14,7 @@ from .distributed import (
     train_sampler,
 )
 from .fit import FitResult, LossFn, MetricsFn, NonFiniteLossError, fit
-from .loaders import eval_loader, limit, seed_loader, train_loader
+from .loaders import eval_loader, iteration_loader, limit, seed_loader, train_loader
 from .precision import AMP_MODES, autocast, resolve_amp
 from .rng import capture_rng_state, restore_rng_state, seed_everything
 from .run import RunDirectory, RunLockedError, default_output
@@ -23,6 +24,7 @@ __all__ = [
     "CheckpointError",
     "DistEnv",
     "FitResult",
+    "IterationSampler",
     "LossFn",
     "MetricsFn",
     "NonFiniteLossError",
@@ -39,6 +41,7 @@ __all__ = [
     "fit",
     "gather",
     "init_distributed",
+    "iteration_loader",
     "limit",
     "load_checkpoint",
     "resolve_amp",

@@ -17,6 +17,7 @@ from torch.utils.data import DistributedSampler, Sampler
 
 __all__ = [
     "DistEnv",
+    "IterationSampler",
     "ShardSampler",
     "all_reduce_sum",
     "barrier",
@@ -120,3 +121,35 @@ class ShardSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+
+class IterationSampler(Sampler[int]):
+    """For training counted in iterations: an endless sequence of shuffled passes over the data
+    (pass p a permutation drawn from ``(seed, p)``), cut into epochs of ``iterations`` global
+    batches of ``batch_size`` per rank; rank r takes every world-th index. Epoch e's indices
+    depend only on ``(seed, e)``, so a resumed run continues the sequence exactly."""
+
+    def __init__(
+        self, length: int, iterations: int, batch_size: int, env: DistEnv, seed: int
+    ) -> None:
+        self.length, self.seed, self.env = length, seed, env
+        self.global_count = iterations * batch_size * env.world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        start = self.epoch * self.global_count
+        first, last = start // self.length, (start + self.global_count - 1) // self.length
+        order = torch.cat([self._permutation(p) for p in range(first, last + 1)])
+        offset = start - first * self.length
+        mine = order[offset : offset + self.global_count][self.env.rank :: self.env.world_size]
+        return iter(mine.tolist())
+
+    def _permutation(self, pass_index: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + pass_index)
+        return torch.randperm(self.length, generator=generator)
+
+    def __len__(self) -> int:
+        return self.global_count // self.env.world_size

@@ -8,9 +8,9 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from .distributed import DistEnv, ShardSampler, train_sampler
+from .distributed import DistEnv, IterationSampler, ShardSampler, train_sampler
 
-__all__ = ["eval_loader", "limit", "seed_loader", "train_loader"]
+__all__ = ["eval_loader", "iteration_loader", "limit", "seed_loader", "train_loader"]
 
 
 def limit(dataset: Dataset, count: int | None) -> Dataset:
@@ -39,6 +39,34 @@ def train_loader(
         dataset,
         batch_size=batch_size,
         sampler=train_sampler(len(dataset), env, seed),
+        num_workers=workers,
+        collate_fn=collate_fn,
+        drop_last=True,
+        pin_memory=env.device.type == "cuda",
+        generator=torch.Generator(),
+        persistent_workers=False,
+    )
+
+
+def iteration_loader(
+    dataset: Dataset,
+    batch_size: int,
+    env: DistEnv,
+    *,
+    iterations: int,
+    seed: int,
+    workers: int,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
+) -> DataLoader:
+    """``iterations`` batches per epoch from an endless shuffled stream over ``dataset`` (see
+    :class:`IterationSampler`; call :func:`seed_loader` first): for training counted in
+    iterations rather than passes over the data."""
+    if len(dataset) == 0:
+        raise ValueError("the training set is empty")
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=IterationSampler(len(dataset), iterations, batch_size, env, seed),
         num_workers=workers,
         collate_fn=collate_fn,
         drop_last=True,
