@@ -16,6 +16,7 @@ import os
 import pkgutil
 import sys
 from collections.abc import Callable
+from typing import Any
 
 __all__ = [
     "CLIError",
@@ -25,6 +26,7 @@ __all__ = [
     "main",
     "non_negative_int",
     "one_line",
+    "parse_sets",
     "positive_float",
     "positive_int",
 ]
@@ -69,6 +71,24 @@ positive_int = _number(int, "an integer >= 1", lambda v: v >= 1)
 non_negative_int = _number(int, "an integer >= 0", lambda v: v >= 0)
 positive_float = _number(float, "a finite number > 0", lambda v: math.isfinite(v) and v > 0)
 fraction = _number(float, "a number in (0, 1]", lambda v: 0 < v <= 1)
+
+
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` items as settings: values parsed as YAML, ``-`` in keys read as ``_``."""
+    import yaml
+
+    from ..tasks.classification.config import yaml_problem
+
+    values = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CLIError(f"--set {item!r} must look like KEY=VALUE")
+        try:
+            values[key.strip().replace("-", "_")] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise CLIError(f"--set {item!r}: not a YAML value ({yaml_problem(err)})") from None
+    return values
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from . import CLIError, Parser, fraction, positive_int
+from . import CLIError, Parser, fraction, parse_sets, positive_int
 
 __all__ = ["register"]
 
@@ -117,7 +117,6 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from ..tasks.detection import DetectConfig, load_config, train
-    from .train import _parse_sets as parse_sets  # the same KEY=VALUE rules as nat train
 
     overrides: dict[str, Any] = {
         flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_"))

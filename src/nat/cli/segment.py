@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from ..files import write_json
-from . import CLIError, non_negative_int, positive_int
+from . import CLIError, non_negative_int, parse_sets, positive_int
 
 __all__ = ["register"]
 
@@ -117,7 +117,6 @@ def _register_predict(commands: argparse._SubParsersAction) -> None:
 def _train(args: argparse.Namespace) -> int:
     from ..tasks.segmentation import SegmentConfig, load_config
     from ..tasks.segmentation.train import train
-    from .train import _parse_sets
 
     overrides: dict[str, Any] = {
         flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_"))
@@ -125,7 +124,7 @@ def _train(args: argparse.Namespace) -> int:
     }
     overrides["pretrained"] = args.pretrained
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    overrides.update(_parse_sets(args.set))
+    overrides.update(parse_sets(args.set))
     if args.resume and args.config is None:
         from ..engine import load_checkpoint
 

@@ -7,10 +7,8 @@ import json
 import os
 from typing import Any
 
-import yaml
-
 from ..data import DIGITS, INTERPOLATIONS, is_digits
-from . import CLIError, fraction, non_negative_int, positive_int
+from . import CLIError, fraction, non_negative_int, parse_sets, positive_int
 
 __all__ = ["register"]
 
@@ -136,7 +134,7 @@ def _train(args: argparse.Namespace) -> int:
     )
     # unset flags (None) keep the recipe's value; --set KEY=null sets None
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    overrides.update(_parse_sets(args.set))
+    overrides.update(parse_sets(args.set))
     if args.resume and args.config is None:
         saved = load_checkpoint(args.resume).get("config")
         if saved is None:
@@ -210,21 +208,6 @@ def _predict(args: argparse.Namespace) -> int:
     ]
     _print_table(rows, ("image", "rank", "class", "probability"))
     return 0
-
-
-def _parse_sets(items: list[str]) -> dict[str, Any]:
-    from ..tasks.classification.config import yaml_problem
-
-    values = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise CLIError(f"--set {item!r} must look like KEY=VALUE")
-        try:
-            values[key.strip().replace("-", "_")] = yaml.safe_load(value)
-        except yaml.YAMLError as err:
-            raise CLIError(f"--set {item!r}: not a YAML value ({yaml_problem(err)})") from None
-    return values
 
 
 def _fmt(value: Any) -> str:
