@@ -196,13 +196,14 @@ typedef float vf16 __attribute__((vector_size(64), aligned(4)));
 typedef float vf8 __attribute__((vector_size(32), aligned(4)));
 typedef int32_t vi16 __attribute__((vector_size(64), aligned(4)));
 
-inline vf16 load16(const float* p) {
-  vf16 v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
+// Unaligned, aliasing-safe views for loads and stores. A memcpy here compiles (GCC 12, Intel
+// tuning) to two 32-byte stores to the stack and one 64-byte reload: a store-forwarding stall on
+// every load, which made the kernel ~6x slower on Sapphire Rapids.
+typedef float vf16_mem __attribute__((vector_size(64), aligned(4), may_alias));
 
-inline void store16(float* p, vf16 v) { std::memcpy(p, &v, sizeof(v)); }
+inline vf16 load16(const float* p) { return *reinterpret_cast<const vf16_mem*>(p); }
+
+inline void store16(float* p, vf16 v) { *reinterpret_cast<vf16_mem*>(p) = v; }
 
 inline vf16 splat16(float x) { return vf16{} + x; }
 
