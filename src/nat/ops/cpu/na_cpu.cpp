@@ -289,72 +289,189 @@ inline vf16 exp16(vf16 x) {
   return y * scale;
 }
 
+// Queries per forward task: neighbouring queries share most keys, so a block reuses them from L1.
+constexpr int64_t kRowBlock = 32;
+
+// The *_range functions take everything by value: their arguments are locals that no vector
+// store (may_alias) can overwrite, so sizes, strides and pointers stay in registers. Read through
+// a parallel_for lambda's captured references they were reloaded after every store (and h / G
+// recomputed with an integer division per neighbour).
+template <typename scalar_t, int ND, int NDV>
+void forward_vec_range(
+    const scalar_t* q, const scalar_t* k, const scalar_t* v, Strides qs, Strides ks, Strides vs,
+    const scalar_t* rpb, const int32_t* nbr,
+    const int32_t* bidx, const bool* valid, scalar_t* out, float* lse, int64_t B, int64_t N,
+    int64_t H, int64_t G, int64_t P, int64_t R, float scale,
+    int64_t begin, int64_t end) {
+  constexpr int64_t D = 16 * ND, Dv = 16 * NDV, kBlock = kRowBlock;
+  const int64_t blocks = (N + kBlock - 1) / kBlock;
+  const int64_t padded = (P + 15) / 16 * 16;
+  std::vector<float> s_buf(padded);
+  float* s = s_buf.data();
+  for (int64_t work = begin; work < end; ++work) {
+    const int64_t block = work % blocks;
+    const int64_t h = (work / blocks) % H;
+    const int64_t b = work / (blocks * H);
+    const scalar_t* kb = k + b * ks.b + (h / G) * ks.h;
+    const scalar_t* vb = v + b * vs.b + (h / G) * vs.h;
+    const scalar_t* bias = rpb ? rpb + h * R : nullptr;
+    const int64_t n_end = std::min(N, (block + 1) * kBlock);
+    for (int64_t n = block * kBlock; n < n_end; ++n) {
+      const scalar_t* qp = q + b * qs.b + n * qs.n + h * qs.h;
+      vf16 qv[ND];
+      for (int j = 0; j < ND; ++j) qv[j] = load16(qp + 16 * j) * scale;
+      const int32_t* nb = nbr + n * P;
+      const int32_t* bi = bidx + n * P;
+      const bool* ok = valid ? valid + n * P : nullptr;
+      auto dot = [&](int64_t p) {
+        const scalar_t* kp = kb + static_cast<int64_t>(nb[p]) * ks.n;
+        vf16 acc = qv[0] * load16(kp);
+        for (int j = 1; j < ND; ++j) acc += qv[j] * load16(kp + 16 * j);
+        return acc;
+      };
+      int64_t p = 0;
+      for (; p + 4 <= P; p += 4) {
+        const vf4 d4 = hsum16x4(dot(p), dot(p + 1), dot(p + 2), dot(p + 3));
+        std::memcpy(s + p, &d4, sizeof(d4));
+      }
+      for (; p < P; ++p) s[p] = hsum16(dot(p));
+      if (bias) {
+        for (int64_t p = 0; p < P; ++p) s[p] += static_cast<float>(bias[bi[p]]);
+      }
+      float mx = -std::numeric_limits<float>::infinity();
+      for (int64_t p = 0; p < P; ++p) {
+        if ((!ok || ok[p]) && s[p] > mx) mx = s[p];
+      }
+      for (int64_t p = P; p < padded; ++p) s[p] = mx;
+      for (int64_t p = 0; p < padded; p += 16) store16(s + p, exp16(load16(s + p) - mx));
+      if (ok) {
+        for (int64_t p = 0; p < P; ++p) s[p] = ok[p] ? s[p] : 0.0f;
+      }
+      float sum = 0;
+      for (int64_t p = 0; p < P; ++p) sum += s[p];
+      vf16 o[NDV] = {};
+      for (int64_t p = 0; p < P; ++p) {
+        const scalar_t* vp = vb + static_cast<int64_t>(nb[p]) * vs.n;
+        const float w = s[p];
+        for (int j = 0; j < NDV; ++j) o[j] += w * load16(vp + 16 * j);
+      }
+      const float inv = 1.0f / sum;
+      scalar_t* op = out + ((b * N + n) * H + h) * Dv;
+      for (int j = 0; j < NDV; ++j) store16(op + 16 * j, o[j] * inv);
+      lse[(b * H + h) * N + n] = mx + std::log(sum);
+    }
+  }
+}
+
 template <typename scalar_t, int ND, int NDV>
 void forward_vec(
     const scalar_t* q, const scalar_t* k, const scalar_t* v, Strides qs, Strides ks, Strides vs,
     const scalar_t* rpb, const int32_t* nbr,
     const int32_t* bidx, const bool* valid, scalar_t* out, float* lse, int64_t B, int64_t N,
     int64_t H, int64_t G, int64_t P, int64_t R, float scale) {
-  constexpr int64_t D = 16 * ND, Dv = 16 * NDV, kBlock = 32;
-  const int64_t blocks = (N + kBlock - 1) / kBlock;
-  const int64_t padded = (P + 15) / 16 * 16;
-  at::parallel_for(0, B * H * blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> s_buf(padded);
-    float* s = s_buf.data();
-    for (int64_t work = begin; work < end; ++work) {
-      const int64_t block = work % blocks;
-      const int64_t h = (work / blocks) % H;
-      const int64_t b = work / (blocks * H);
-      const scalar_t* kb = k + b * ks.b + (h / G) * ks.h;
-      const scalar_t* vb = v + b * vs.b + (h / G) * vs.h;
-      const scalar_t* bias = rpb ? rpb + h * R : nullptr;
-      const int64_t n_end = std::min(N, (block + 1) * kBlock);
-      for (int64_t n = block * kBlock; n < n_end; ++n) {
-        const scalar_t* qp = q + b * qs.b + n * qs.n + h * qs.h;
-        vf16 qv[ND];
-        for (int j = 0; j < ND; ++j) qv[j] = load16(qp + 16 * j) * scale;
-        const int32_t* nb = nbr + n * P;
-        const int32_t* bi = bidx + n * P;
-        const bool* ok = valid ? valid + n * P : nullptr;
-        auto dot = [&](int64_t p) {
-          const scalar_t* kp = kb + static_cast<int64_t>(nb[p]) * ks.n;
-          vf16 acc = qv[0] * load16(kp);
-          for (int j = 1; j < ND; ++j) acc += qv[j] * load16(kp + 16 * j);
-          return acc;
-        };
-        int64_t p = 0;
-        for (; p + 4 <= P; p += 4) {
-          const vf4 d4 = hsum16x4(dot(p), dot(p + 1), dot(p + 2), dot(p + 3));
-          std::memcpy(s + p, &d4, sizeof(d4));
-        }
-        for (; p < P; ++p) s[p] = hsum16(dot(p));
-        if (bias) {
-          for (int64_t p = 0; p < P; ++p) s[p] += static_cast<float>(bias[bi[p]]);
-        }
-        float mx = -std::numeric_limits<float>::infinity();
-        for (int64_t p = 0; p < P; ++p) {
-          if ((!ok || ok[p]) && s[p] > mx) mx = s[p];
-        }
-        for (int64_t p = P; p < padded; ++p) s[p] = mx;
-        for (int64_t p = 0; p < padded; p += 16) store16(s + p, exp16(load16(s + p) - mx));
-        if (ok) {
-          for (int64_t p = 0; p < P; ++p) s[p] = ok[p] ? s[p] : 0.0f;
-        }
-        float sum = 0;
-        for (int64_t p = 0; p < P; ++p) sum += s[p];
-        vf16 o[NDV] = {};
-        for (int64_t p = 0; p < P; ++p) {
-          const scalar_t* vp = vb + static_cast<int64_t>(nb[p]) * vs.n;
-          const float w = s[p];
-          for (int j = 0; j < NDV; ++j) o[j] += w * load16(vp + 16 * j);
-        }
-        const float inv = 1.0f / sum;
-        scalar_t* op = out + ((b * N + n) * H + h) * Dv;
-        for (int j = 0; j < NDV; ++j) store16(op + 16 * j, o[j] * inv);
-        lse[(b * H + h) * N + n] = mx + std::log(sum);
-      }
-    }
+  at::parallel_for(0, B * H * ((N + kRowBlock - 1) / kRowBlock), 1, [&](int64_t begin, int64_t end) {
+    forward_vec_range<scalar_t, ND, NDV>(
+        q, k, v, qs, ks, vs, rpb, nbr, bidx, valid, out, lse, B, N, H, G, P, R, scale, begin, end);
   });
+}
+
+template <typename scalar_t, int ND, int NDV>
+void backward_vec_range(
+    const scalar_t* dout, const scalar_t* q, const scalar_t* k, const scalar_t* v, Strides qs,
+    Strides ks, Strides vs, const scalar_t* rpb,
+    const scalar_t* out, const float* lse, const int32_t* nbr, const int32_t* bidx,
+    const bool* valid, const float* dlse, float* dq, float* dk, float* dv, float* drpb, int64_t B,
+    int64_t N, int64_t H, int64_t G, int64_t P, int64_t R, float scale,
+    int64_t begin, int64_t end) {
+  constexpr int64_t D = 16 * ND, Dv = 16 * NDV;
+  const int64_t padded = (P + 15) / 16 * 16;
+  std::vector<float> s_buf(padded), dp_buf(padded);
+  float* s = s_buf.data();
+  float* dp = dp_buf.data();
+  for (int64_t work = begin; work < end; ++work) {
+    const int64_t h = work % H;
+    const int64_t b = work / H;
+    const int64_t v_base = b * N * H * Dv + h * Dv;
+    const scalar_t* bias = rpb ? rpb + h * R : nullptr;
+    float* drpb_slice = drpb ? drpb + (b * H + h) * R : nullptr;
+    // Gradients are [B, heads, N, D]: each slice is contiguous, so the scatter into dK/dV never
+    // hits the 4 KiB store-to-load aliasing that the heads-interleaved layout causes.
+    float* dq_slice = dq + (b * H + h) * N * D;
+    float* dk_slice = dk + (b * H + h) * N * D;
+    float* dv_slice = dv + (b * H + h) * N * Dv;
+    for (int64_t n = 0; n < N; ++n) {
+      const int64_t row = n * H;
+      vf16 qv[ND], dov[NDV], dqv[ND] = {};
+      vf16 dacc = {};
+      for (int j = 0; j < NDV; ++j) {
+        dov[j] = load16(dout + v_base + row * Dv + 16 * j);
+        dacc += dov[j] * load16(out + v_base + row * Dv + 16 * j);
+      }
+      // A gradient reaching the log-sum-exp adds dlse * P to dS: fold it into delta.
+      const float delta = hsum16(dacc) - (dlse ? dlse[(b * H + h) * N + n] : 0.0f);
+      const scalar_t* qp = q + b * qs.b + n * qs.n + h * qs.h;
+      for (int j = 0; j < ND; ++j) qv[j] = load16(qp + 16 * j) * scale;
+      const int32_t* nb = nbr + n * P;
+      const int32_t* bi = bidx + n * P;
+      const bool* ok = valid ? valid + n * P : nullptr;
+      // 1. logits and dP = dO . V for every neighbour.
+      auto logit = [&](int64_t p) {
+        const scalar_t* kp = k + b * ks.b + (h / G) * ks.h + static_cast<int64_t>(nb[p]) * ks.n;
+        vf16 acc = qv[0] * load16(kp);
+        for (int j = 1; j < ND; ++j) acc += qv[j] * load16(kp + 16 * j);
+        return acc;
+      };
+      auto dprob = [&](int64_t p) {
+        const scalar_t* vp = v + b * vs.b + (h / G) * vs.h + static_cast<int64_t>(nb[p]) * vs.n;
+        vf16 acc = dov[0] * load16(vp);
+        for (int j = 1; j < NDV; ++j) acc += dov[j] * load16(vp + 16 * j);
+        return acc;
+      };
+      int64_t p = 0;
+      for (; p + 4 <= P; p += 4) {
+        const vf4 s4 = hsum16x4(logit(p), logit(p + 1), logit(p + 2), logit(p + 3));
+        const vf4 d4 = hsum16x4(dprob(p), dprob(p + 1), dprob(p + 2), dprob(p + 3));
+        std::memcpy(s + p, &s4, sizeof(s4));
+        std::memcpy(dp + p, &d4, sizeof(d4));
+      }
+      for (; p < P; ++p) {
+        s[p] = hsum16(logit(p));
+        dp[p] = hsum16(dprob(p));
+      }
+      if (bias) {
+        for (int64_t p = 0; p < P; ++p) s[p] += static_cast<float>(bias[bi[p]]);
+      }
+      // 2. probabilities (into s) and dS (into dp), 16 at a time.
+      const float l = lse[(b * H + h) * N + n];
+      for (int64_t p = P; p < padded; ++p) s[p] = l, dp[p] = delta;
+      for (int64_t p = 0; p < padded; p += 16) {
+        const vf16 prob = exp16(load16(s + p) - l);
+        store16(s + p, prob);
+        store16(dp + p, prob * (load16(dp + p) - delta));
+      }
+      if (ok) {
+        for (int64_t p = 0; p < P; ++p) {
+          if (!ok[p]) s[p] = dp[p] = 0.0f;
+        }
+      }
+      // 3. scatter into dK, dV (and dRPB); gather into dQ.
+      for (int64_t p = 0; p < P; ++p) {
+        const scalar_t* kp = k + b * ks.b + (h / G) * ks.h + static_cast<int64_t>(nb[p]) * ks.n;
+        float* dkp = dk_slice + static_cast<int64_t>(nb[p]) * D;
+        float* dvp = dv_slice + static_cast<int64_t>(nb[p]) * Dv;
+        const float ds = dp[p], prob = s[p];
+        for (int j = 0; j < ND; ++j) {
+          dqv[j] += ds * load16(kp + 16 * j);
+          store16(dkp + 16 * j, load16(dkp + 16 * j) + ds * qv[j]);
+        }
+        for (int j = 0; j < NDV; ++j) store16(dvp + 16 * j, load16(dvp + 16 * j) + prob * dov[j]);
+      }
+      if (drpb_slice) {
+        for (int64_t p = 0; p < P; ++p) drpb_slice[bi[p]] += dp[p];
+      }
+      for (int j = 0; j < ND; ++j) store16(dq_slice + n * D + 16 * j, dqv[j] * scale);
+    }
+  }
 }
 
 template <typename scalar_t, int ND, int NDV>
@@ -364,96 +481,10 @@ void backward_vec(
     const scalar_t* out, const float* lse, const int32_t* nbr, const int32_t* bidx,
     const bool* valid, const float* dlse, float* dq, float* dk, float* dv, float* drpb, int64_t B,
     int64_t N, int64_t H, int64_t G, int64_t P, int64_t R, float scale) {
-  constexpr int64_t D = 16 * ND, Dv = 16 * NDV;
-  const int64_t padded = (P + 15) / 16 * 16;
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> s_buf(padded), dp_buf(padded);
-    float* s = s_buf.data();
-    float* dp = dp_buf.data();
-    for (int64_t work = begin; work < end; ++work) {
-      const int64_t h = work % H;
-      const int64_t b = work / H;
-      const int64_t v_base = b * N * H * Dv + h * Dv;
-      const scalar_t* bias = rpb ? rpb + h * R : nullptr;
-      float* drpb_slice = drpb ? drpb + (b * H + h) * R : nullptr;
-      // Gradients are [B, heads, N, D]: each slice is contiguous, so the scatter into dK/dV never
-      // hits the 4 KiB store-to-load aliasing that the heads-interleaved layout causes.
-      float* dq_slice = dq + (b * H + h) * N * D;
-      float* dk_slice = dk + (b * H + h) * N * D;
-      float* dv_slice = dv + (b * H + h) * N * Dv;
-      for (int64_t n = 0; n < N; ++n) {
-        const int64_t row = n * H;
-        vf16 qv[ND], dov[NDV], dqv[ND] = {};
-        vf16 dacc = {};
-        for (int j = 0; j < NDV; ++j) {
-          dov[j] = load16(dout + v_base + row * Dv + 16 * j);
-          dacc += dov[j] * load16(out + v_base + row * Dv + 16 * j);
-        }
-        // A gradient reaching the log-sum-exp adds dlse * P to dS: fold it into delta.
-        const float delta = hsum16(dacc) - (dlse ? dlse[(b * H + h) * N + n] : 0.0f);
-        const scalar_t* qp = q + b * qs.b + n * qs.n + h * qs.h;
-        for (int j = 0; j < ND; ++j) qv[j] = load16(qp + 16 * j) * scale;
-        const int32_t* nb = nbr + n * P;
-        const int32_t* bi = bidx + n * P;
-        const bool* ok = valid ? valid + n * P : nullptr;
-        // 1. logits and dP = dO . V for every neighbour.
-        auto logit = [&](int64_t p) {
-          const scalar_t* kp = k + b * ks.b + (h / G) * ks.h + static_cast<int64_t>(nb[p]) * ks.n;
-          vf16 acc = qv[0] * load16(kp);
-          for (int j = 1; j < ND; ++j) acc += qv[j] * load16(kp + 16 * j);
-          return acc;
-        };
-        auto dprob = [&](int64_t p) {
-          const scalar_t* vp = v + b * vs.b + (h / G) * vs.h + static_cast<int64_t>(nb[p]) * vs.n;
-          vf16 acc = dov[0] * load16(vp);
-          for (int j = 1; j < NDV; ++j) acc += dov[j] * load16(vp + 16 * j);
-          return acc;
-        };
-        int64_t p = 0;
-        for (; p + 4 <= P; p += 4) {
-          const vf4 s4 = hsum16x4(logit(p), logit(p + 1), logit(p + 2), logit(p + 3));
-          const vf4 d4 = hsum16x4(dprob(p), dprob(p + 1), dprob(p + 2), dprob(p + 3));
-          std::memcpy(s + p, &s4, sizeof(s4));
-          std::memcpy(dp + p, &d4, sizeof(d4));
-        }
-        for (; p < P; ++p) {
-          s[p] = hsum16(logit(p));
-          dp[p] = hsum16(dprob(p));
-        }
-        if (bias) {
-          for (int64_t p = 0; p < P; ++p) s[p] += static_cast<float>(bias[bi[p]]);
-        }
-        // 2. probabilities (into s) and dS (into dp), 16 at a time.
-        const float l = lse[(b * H + h) * N + n];
-        for (int64_t p = P; p < padded; ++p) s[p] = l, dp[p] = delta;
-        for (int64_t p = 0; p < padded; p += 16) {
-          const vf16 prob = exp16(load16(s + p) - l);
-          store16(s + p, prob);
-          store16(dp + p, prob * (load16(dp + p) - delta));
-        }
-        if (ok) {
-          for (int64_t p = 0; p < P; ++p) {
-            if (!ok[p]) s[p] = dp[p] = 0.0f;
-          }
-        }
-        // 3. scatter into dK, dV (and dRPB); gather into dQ.
-        for (int64_t p = 0; p < P; ++p) {
-          const scalar_t* kp = k + b * ks.b + (h / G) * ks.h + static_cast<int64_t>(nb[p]) * ks.n;
-          float* dkp = dk_slice + static_cast<int64_t>(nb[p]) * D;
-          float* dvp = dv_slice + static_cast<int64_t>(nb[p]) * Dv;
-          const float ds = dp[p], prob = s[p];
-          for (int j = 0; j < ND; ++j) {
-            dqv[j] += ds * load16(kp + 16 * j);
-            store16(dkp + 16 * j, load16(dkp + 16 * j) + ds * qv[j]);
-          }
-          for (int j = 0; j < NDV; ++j) store16(dvp + 16 * j, load16(dvp + 16 * j) + prob * dov[j]);
-        }
-        if (drpb_slice) {
-          for (int64_t p = 0; p < P; ++p) drpb_slice[bi[p]] += dp[p];
-        }
-        for (int j = 0; j < ND; ++j) store16(dq_slice + n * D + 16 * j, dqv[j] * scale);
-      }
-    }
+    backward_vec_range<scalar_t, ND, NDV>(
+        dout, q, k, v, qs, ks, vs, rpb, out, lse, nbr, bidx, valid, dlse, dq, dk, dv, drpb, B, N,
+        H, G, P, R, scale, begin, end);
   });
 }
 
