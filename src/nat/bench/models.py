@@ -33,7 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 from ..engine import autocast
-from .harness import load_average, machine_info, measure_group, synchronize
+from .harness import Measurement, load_average, machine_info, measure_group, synchronize
 
 __all__ = [
     "BASELINE_MODEL",
@@ -134,11 +134,15 @@ def gemm_rate(
     return 2 * a.shape[0] * size * size / best
 
 
-def _compile_first_call(call: Callable[[], None], device: torch.device) -> float:
-    """Seconds of the first call of a compiled model: tracing and code generation."""
+def _compile_first_call(call: Callable[[], None], device: torch.device) -> float | str:
+    """Seconds of the first call of a compiled model (tracing and code generation), or the
+    error that compiling or running it raised."""
     synchronize(device)
     start = time.perf_counter()
-    call()
+    try:
+        call()
+    except Exception as err:
+        return f"{type(err).__name__}: {err}".splitlines()[0]
     synchronize(device)
     return time.perf_counter() - start
 
@@ -245,16 +249,19 @@ def run_models(
                     images = torch.randn((b, *size), generator=generator)
                     calls[f"{name}|onnx_b{b}"] = _onnx_call(sessions[name], images)
                     batches[f"{name}|onnx_b{b}"] = b
-            compile_s = {
-                key: _compile_first_call(call, device)
-                for key, call in calls.items()
-                if "|compiled_" in key
+            first = {
+                k: _compile_first_call(f, device) for k, f in calls.items() if "|compiled_" in k
             }
+            compile_s = {k: v for k, v in first.items() if isinstance(v, float)}
+            compile_errors = {k: v for k, v in first.items() if isinstance(v, str)}
+            for key in compile_errors:
+                del calls[key]
             # A compiled call does the eager call's arithmetic: count the eager one.
             flops = {k: _flops(f) for k, f in calls.items() if _runtime(k.split("|")[1]) == "torch"}
             flops |= {key: flops[key.replace("|compiled_", "|")] for key in compile_s}
             rate = gemm_rates[str(dtype).removeprefix("torch.")] = gemm_rate(device, dtype)
             measured = measure_group(calls, device, repeats, warmup, on_step=bar.update)
+            measured |= {k: Measurement(error=e) for k, e in compile_errors.items()}
             for key, m in measured.items():
                 name, task = key.split("|")
                 median_ms = None if m.median_s is None else 1e3 * m.median_s
