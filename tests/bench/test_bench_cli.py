@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from nat.cli import main
@@ -69,6 +70,20 @@ def test_bench_models_quick_writes_json(tmp_path):
         ("test_vit", "train"),
     }
     assert all(r["median_ms"] > 0 and r["peak_bytes"] > 0 for r in result["rows"])
+    assert all(r["gemm_floor_share"] > 0 and r["flops"] > 0 for r in result["rows"])
+
+
+@pytest.mark.slow
+def test_bench_models_compile_adds_compiled_rows_with_compile_time(tmp_path, capsys):
+    path = tmp_path / "models.json"
+    argv = ["bench", "models", "--quick", "--models", "test_vit", "--dtype", "float32"]
+    assert main([*argv, "--batch-sizes", "1", "--compile", "--json", str(path), *FAST]) == 0
+    rows = {r["task"]: r for r in json.loads(path.read_text())["rows"]}
+    assert set(rows) == {"infer_b1", "train", "compiled_infer_b1", "compiled_train"}
+    for task in ("compiled_infer_b1", "compiled_train"):
+        assert rows[task]["runtime"] == "compiled" and rows[task]["compile_s"] > 0
+        assert rows[task]["flops"] == rows[task.removeprefix("compiled_")]["flops"]
+    assert "train compile s" in capsys.readouterr().out
 
 
 def test_bench_models_library_skips_models_it_cannot_build():

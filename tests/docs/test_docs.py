@@ -77,6 +77,11 @@ SMALL: dict[str, tuple[str, str | None]] = {
         f"nat bench models --quick --dtype float32 --onnx {FAST}",
         None,
     ),
+    "nat bench models --models nat_tiny,swin_tiny_patch4_window7_224 --dtype float32 --compile": (
+        f"nat bench models --quick --models test_vit --dtype float32 --batch-sizes 1 --compile "
+        f"{FAST}",
+        None,
+    ),
     "nat bench models --dtype float32 --batch-sizes 8": (
         f"nat bench models --quick --dtype float32 --batch-sizes 8 {FAST}",
         None,

@@ -151,6 +151,48 @@ def test_float32_model_head_dims_match_reference(backend, head_dim, problem):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("head_dim", [16, 32, 64])
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.bfloat16, 3e-2), (torch.float16, 4e-3)])
+@settings(max_examples=6)
+@given(problem=problems())
+def test_reduced_precision_model_head_dims_match_reference(backend, head_dim, dtype, tol, problem):
+    """bfloat16/float16 at the models' head dims (the vectorised kernels, float32 inside)."""
+    problem.head_dim = problem.head_dim_v = head_dim
+    expected, expected_grads = forward_and_grads(problem, "reference", torch.float64)
+    out, grads = forward_and_grads(problem, backend, dtype)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.double(), expected, rtol=tol, atol=tol)
+    for g, e in zip(grads, expected_grads, strict=True):
+        assert g.dtype == dtype
+        scale = e.abs().max().clamp_min(1)
+        torch.testing.assert_close(g.double() / scale, e / scale, rtol=4 * tol, atol=4 * tol)
+
+
+@pytest.mark.skipif(not cpu.is_available(), reason="the CPU kernel is not built")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("head_dim", [32, 64])
+def test_reduced_precision_kernel_is_float32_rounded_once(dtype, head_dim):
+    """The fused kernel widens bf16/fp16 inputs and computes in float32: its output and the value
+    gradient are the float32 kernel's on the same values, rounded once to nearest even. (dQ, dK
+    and dRPB also read the rounded output, through ``sum(dO * O)``: tolerances above.)"""
+    g = torch.Generator().manual_seed(0)
+    low = [torch.randn(2, 9, 11, 2, head_dim, generator=g).to(dtype) for _ in range(4)]
+    low.append((0.5 * torch.randn(2, 9, 9, generator=g)).to(dtype))
+    wide = [t.float() for t in low]
+
+    def out_and_dv(tensors):
+        q, k, v, grad, rpb = tensors
+        v = v.clone().requires_grad_()
+        out = nat.na2d(q, k, v, 5, dilation=(1, 2), rpb=rpb, backend="cpu")
+        out.backward(grad)
+        return out, v.grad
+
+    for got, want in zip(out_and_dv(low), out_and_dv(wide), strict=True):
+        assert got.dtype == dtype
+        torch.testing.assert_close(got, want.to(dtype), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("head_dim", [4, 32])
 def test_strided_slices_of_a_packed_qkv_give_the_contiguous_result(backend, head_dim):
     g = torch.Generator().manual_seed(0)

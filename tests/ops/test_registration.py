@@ -27,6 +27,17 @@ def test_opcheck(rpb):
 
 
 @pytest.mark.parametrize("backend", [b for b in nat.available_backends("cpu") if b != "reference"])
+def test_opcheck_window_covering_the_input(backend):
+    """NAT-Tiny's last level (7 x 7 map, kernel 7) takes the fused dense path: its log-sum-exp
+    must have the dense layout the fake declares (Inductor asserts it in compiled training)."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 7, 7, 4, 32, generator=g, requires_grad=True) for _ in "qkv")
+    rpb = torch.randn(4, 13, 13, generator=g, requires_grad=True)
+    args = (q, k, v, rpb, [7, 7], [1, 1], [1, 1], [False, False], 0.25, backend, True)
+    torch.library.opcheck(torch.ops.nat.na_forward.default, args)
+
+
+@pytest.mark.parametrize("backend", [b for b in nat.available_backends("cpu") if b != "reference"])
 @pytest.mark.parametrize("head_dim", [4, 32])
 @pytest.mark.parametrize("spatial", [(6, 7), (3, 3)])
 def test_opcheck_backward(backend, head_dim, spatial):

@@ -187,6 +187,58 @@ def onnx_table(result: dict) -> str:
     return _table(header, lines)
 
 
+def compiled_table(result: dict) -> str:
+    """One line per (model, dtype) under ``torch.compile``: compile time, speed, its speed-up
+    over eager and its speed against the compiled baseline, for the largest inference batch and
+    the training step."""
+    rows = [r for r in result["rows"] if r["runtime"] != "onnxruntime"]
+    by_key = {(r["model"], r["dtype"], r["task"]): r for r in rows}
+    baseline = _short(result["settings"]["baseline"])
+    b = max(result["settings"]["batch_sizes"])
+    lines = []
+    for model, dtype in dict.fromkeys((r["model"], r["dtype"]) for r in rows):
+        cells = [model, dtype]
+        for task in (f"infer_b{b}", "train"):
+            eager, comp = (
+                by_key.get((model, dtype, task)),
+                by_key.get((model, dtype, f"compiled_{task}")),
+            )
+            if comp is None or eager is None or comp["error"]:
+                cells += ["error" if comp and comp["error"] else "-"] * 4
+                continue
+            fast = eager["median_ms"] / comp["median_ms"] if comp["median_ms"] else None
+            vs = 1 / comp["time_ratio_to_baseline"] if comp["time_ratio_to_baseline"] else None
+            cells += [f"{comp['compile_s']:.0f}", _ms(comp["median_ms"]), _ratio(fast), _ratio(vs)]
+        lines.append(cells)
+    header = ["model", "dtype"]
+    for task in (f"infer b{b}", "train"):
+        header += [f"{task} compile s", f"{task} ms", "compiled / eager", f"speed / {baseline}"]
+    return _table(header, lines)
+
+
+def floor_table(result: dict) -> str:
+    """Each row's share of the GEMM floor: its FLOPs at the measured matmul rate over its time."""
+    rates = result["settings"].get("gemm_rate_flops", {})
+    lines = []
+    for r in result["rows"]:
+        if r.get("gemm_floor_share") is None:
+            continue
+        rate = rates.get(r["dtype"])
+        lines.append(
+            [
+                r["model"],
+                r["dtype"],
+                r["task"],
+                f"{r['flops'] / 1e9:.1f}",
+                "-" if rate is None else f"{rate / 1e9:.0f}",
+                _ms(r["median_ms"]),
+                f"{r['gemm_floor_share']:.2f}",
+            ]
+        )
+    header = ["model", "dtype", "task", "GFLOP", "GEMM GFLOP/s", "ms", "GEMM-floor share"]
+    return _table(header, lines)
+
+
 def _short(model: str) -> str:
     return {"swin_tiny_patch4_window7_224": "Swin-T"}.get(model, model)
 
@@ -238,6 +290,10 @@ def format_result(result: dict) -> str:
     lines += ["", table, "", checks_table(result)]
     if settings.get("onnx"):
         lines += ["", onnx_table(result)]
+    if settings.get("compile"):
+        lines += ["", compiled_table(result)]
+    if result["benchmark"] == "models" and settings.get("gemm_rate_flops"):
+        lines += ["", floor_table(result)]
     for name, why in result.get("skipped", {}).items():
         lines.append(f"skipped {name}: {why}")
     return "\n".join(lines)

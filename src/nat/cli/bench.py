@@ -152,6 +152,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="also export each model to ONNX and time float32 inference in onnxruntime (CPU)",
     )
     models.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time each model under torch.compile (Inductor), with its compile time",
+    )
+    models.add_argument(
         "--batch-sizes",
         type=_positive_ints,
         help="inference batch sizes (default: 1,8; on cuda: 64)",
@@ -294,6 +299,8 @@ def run_models_command(args: argparse.Namespace) -> int:
         words += ["--img-size", str(args.img_size)]
     if args.onnx:
         words.append("--onnx")
+    if args.compile:
+        words.append("--compile")
     result = bench_models.run_models(
         names,
         device,
@@ -307,6 +314,7 @@ def run_models_command(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         command=_command(words, args),
         onnx=args.onnx,
+        compile=args.compile,
     )
     return _finish(args, result)
 

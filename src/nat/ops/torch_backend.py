@@ -153,7 +153,8 @@ def dense_forward(
         lse = s.amax(-1).sub_(p.amax(-1).log_()) if need_lse else s.new_empty(0)
         out = p.to(value.dtype) @ v
     out = _unfold(out, heads).transpose(1, 2).reshape(*query.shape[:-1], value.shape[-1])
-    return out.contiguous(), _unfold(lse, heads) if lse.numel() else lse
+    # The fused attention's log-sum-exp is a transposed view; the op's fake declares it dense.
+    return out.contiguous(), _unfold(lse, heads).contiguous() if lse.numel() else lse
 
 
 def dense_backward(

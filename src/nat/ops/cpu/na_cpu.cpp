@@ -131,7 +131,7 @@ void backward_kernel(
     acc_t* drpb, int64_t B, int64_t N, int64_t H, int64_t G, int64_t D, int64_t Dv, int64_t P,
     int64_t R, acc_t scale) {
   // One (batch, head) slice per task: the scatter into dk/dv/drpb stays inside the slice.
-  // Gradients are head-major [B, heads, N, D] (see backward_f32).
+  // Gradients are head-major [B, heads, N, D] (see backward_vec).
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> s(P), qv(D), dov(Dv);
     for (int64_t work = begin; work < end; ++work) {
@@ -188,21 +188,55 @@ void backward_kernel(
   });
 }
 
-// ---- float32 fast path: explicit 16-lane vectors (GCC/Clang vector extensions) -------------
-// Used when the head dims are multiples of 16. With -march=native these map to AVX-512
-// registers (or pairs of AVX2 ones); the generic templates below handle everything else.
+// ---- vector fast path: explicit 16-lane float32 vectors (GCC/Clang vector extensions) -------
+// Used when the head dims are 16, 32, 64 or 128, for float32, bfloat16 and float16 inputs:
+// reduced-precision rows are widened to float32 as they are loaded and every sum, the softmax
+// and the gradients are float32; outputs are rounded once, to nearest even. With -march=native
+// these map to AVX-512 registers (or pairs of AVX2 ones); the generic templates above handle
+// everything else.
 
 typedef float vf16 __attribute__((vector_size(64), aligned(4)));
 typedef float vf8 __attribute__((vector_size(32), aligned(4)));
 typedef int32_t vi16 __attribute__((vector_size(64), aligned(4)));
 
-inline vf16 load16(const float* p) {
+// Unaligned, aliasing-safe views for loads and stores. A memcpy here compiles (GCC 12, Intel
+// tuning) to two 32-byte stores to the stack and one 64-byte reload: a store-forwarding stall on
+// every load, which made the kernel ~6x slower on Sapphire Rapids.
+typedef float vf16_mem __attribute__((vector_size(64), aligned(4), may_alias));
+
+inline vf16 load16(const float* p) { return *reinterpret_cast<const vf16_mem*>(p); }
+
+inline void store16(float* p, vf16 v) { *reinterpret_cast<vf16_mem*>(p) = v; }
+
+typedef uint16_t vu16x16_mem __attribute__((vector_size(32), aligned(2), may_alias));
+typedef uint32_t vu16 __attribute__((vector_size(64), aligned(4)));
+typedef _Float16 vh16_mem __attribute__((vector_size(32), aligned(2), may_alias));
+typedef _Float16 vh16 __attribute__((vector_size(32), aligned(2)));
+
+// bfloat16 is float32's upper half: widen by a shift.
+inline vf16 load16(const c10::BFloat16* p) {
+  const vu16 bits = __builtin_convertvector(*reinterpret_cast<const vu16x16_mem*>(p), vu16) << 16;
   vf16 v;
-  std::memcpy(&v, p, sizeof(v));
+  std::memcpy(&v, &bits, sizeof(v));
   return v;
 }
 
-inline void store16(float* p, vf16 v) { std::memcpy(p, &v, sizeof(v)); }
+// Round to nearest even, NaN to the quiet NaN 0x7fc0: c10::BFloat16's own rounding.
+inline void store16(c10::BFloat16* p, vf16 v) {
+  vu16 bits;
+  std::memcpy(&bits, &v, sizeof(bits));
+  const vu16 rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+  const vu16 out = v != v ? vu16{} + 0x7fc0u : rounded;
+  *reinterpret_cast<vu16x16_mem*>(p) = __builtin_convertvector(out, vu16x16_mem);
+}
+
+inline vf16 load16(const c10::Half* p) {
+  return __builtin_convertvector(*reinterpret_cast<const vh16_mem*>(p), vf16);
+}
+
+inline void store16(c10::Half* p, vf16 v) {
+  *reinterpret_cast<vh16_mem*>(p) = __builtin_convertvector(v, vh16);
+}
 
 inline vf16 splat16(float x) { return vf16{} + x; }
 
@@ -255,181 +289,226 @@ inline vf16 exp16(vf16 x) {
   return y * scale;
 }
 
-template <int ND, int NDV>
-void forward_f32(
-    const float* q, const float* k, const float* v, Strides qs, Strides ks, Strides vs,
-    const float* rpb, const int32_t* nbr,
-    const int32_t* bidx, const bool* valid, float* out, float* lse, int64_t B, int64_t N,
-    int64_t H, int64_t G, int64_t P, int64_t R, float scale) {
-  constexpr int64_t D = 16 * ND, Dv = 16 * NDV, kBlock = 32;
+// Queries per forward task: neighbouring queries share most keys, so a block reuses them from L1.
+constexpr int64_t kRowBlock = 32;
+
+// The *_range functions take everything by value: their arguments are locals that no vector
+// store (may_alias) can overwrite, so sizes, strides and pointers stay in registers. Read through
+// a parallel_for lambda's captured references they were reloaded after every store (and h / G
+// recomputed with an integer division per neighbour).
+template <typename scalar_t, int ND, int NDV>
+void forward_vec_range(
+    const scalar_t* q, const scalar_t* k, const scalar_t* v, Strides qs, Strides ks, Strides vs,
+    const scalar_t* rpb, const int32_t* nbr,
+    const int32_t* bidx, const bool* valid, scalar_t* out, float* lse, int64_t B, int64_t N,
+    int64_t H, int64_t G, int64_t P, int64_t R, float scale,
+    int64_t begin, int64_t end) {
+  constexpr int64_t D = 16 * ND, Dv = 16 * NDV, kBlock = kRowBlock;
   const int64_t blocks = (N + kBlock - 1) / kBlock;
   const int64_t padded = (P + 15) / 16 * 16;
-  at::parallel_for(0, B * H * blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> s_buf(padded);
-    float* s = s_buf.data();
-    for (int64_t work = begin; work < end; ++work) {
-      const int64_t block = work % blocks;
-      const int64_t h = (work / blocks) % H;
-      const int64_t b = work / (blocks * H);
-      const float* kb = k + b * ks.b + (h / G) * ks.h;
-      const float* vb = v + b * vs.b + (h / G) * vs.h;
-      const float* bias = rpb ? rpb + h * R : nullptr;
-      const int64_t n_end = std::min(N, (block + 1) * kBlock);
-      for (int64_t n = block * kBlock; n < n_end; ++n) {
-        const float* qp = q + b * qs.b + n * qs.n + h * qs.h;
-        vf16 qv[ND];
-        for (int j = 0; j < ND; ++j) qv[j] = load16(qp + 16 * j) * scale;
-        const int32_t* nb = nbr + n * P;
-        const int32_t* bi = bidx + n * P;
-        const bool* ok = valid ? valid + n * P : nullptr;
-        auto dot = [&](int64_t p) {
-          const float* kp = kb + static_cast<int64_t>(nb[p]) * ks.n;
-          vf16 acc = qv[0] * load16(kp);
-          for (int j = 1; j < ND; ++j) acc += qv[j] * load16(kp + 16 * j);
-          return acc;
-        };
-        int64_t p = 0;
-        for (; p + 4 <= P; p += 4) {
-          const vf4 d4 = hsum16x4(dot(p), dot(p + 1), dot(p + 2), dot(p + 3));
-          std::memcpy(s + p, &d4, sizeof(d4));
-        }
-        for (; p < P; ++p) s[p] = hsum16(dot(p));
-        if (bias) {
-          for (int64_t p = 0; p < P; ++p) s[p] += bias[bi[p]];
-        }
-        float mx = -std::numeric_limits<float>::infinity();
-        for (int64_t p = 0; p < P; ++p) {
-          if ((!ok || ok[p]) && s[p] > mx) mx = s[p];
-        }
-        for (int64_t p = P; p < padded; ++p) s[p] = mx;
-        for (int64_t p = 0; p < padded; p += 16) store16(s + p, exp16(load16(s + p) - mx));
-        if (ok) {
-          for (int64_t p = 0; p < P; ++p) s[p] = ok[p] ? s[p] : 0.0f;
-        }
-        float sum = 0;
-        for (int64_t p = 0; p < P; ++p) sum += s[p];
-        vf16 o[NDV] = {};
-        for (int64_t p = 0; p < P; ++p) {
-          const float* vp = vb + static_cast<int64_t>(nb[p]) * vs.n;
-          const float w = s[p];
-          for (int j = 0; j < NDV; ++j) o[j] += w * load16(vp + 16 * j);
-        }
-        const float inv = 1.0f / sum;
-        float* op = out + ((b * N + n) * H + h) * Dv;
-        for (int j = 0; j < NDV; ++j) store16(op + 16 * j, o[j] * inv);
-        lse[(b * H + h) * N + n] = mx + std::log(sum);
+  std::vector<float> s_buf(padded);
+  float* s = s_buf.data();
+  for (int64_t work = begin; work < end; ++work) {
+    const int64_t block = work % blocks;
+    const int64_t h = (work / blocks) % H;
+    const int64_t b = work / (blocks * H);
+    const scalar_t* kb = k + b * ks.b + (h / G) * ks.h;
+    const scalar_t* vb = v + b * vs.b + (h / G) * vs.h;
+    const scalar_t* bias = rpb ? rpb + h * R : nullptr;
+    const int64_t n_end = std::min(N, (block + 1) * kBlock);
+    for (int64_t n = block * kBlock; n < n_end; ++n) {
+      const scalar_t* qp = q + b * qs.b + n * qs.n + h * qs.h;
+      vf16 qv[ND];
+      for (int j = 0; j < ND; ++j) qv[j] = load16(qp + 16 * j) * scale;
+      const int32_t* nb = nbr + n * P;
+      const int32_t* bi = bidx + n * P;
+      const bool* ok = valid ? valid + n * P : nullptr;
+      auto dot = [&](int64_t p) {
+        const scalar_t* kp = kb + static_cast<int64_t>(nb[p]) * ks.n;
+        vf16 acc = qv[0] * load16(kp);
+        for (int j = 1; j < ND; ++j) acc += qv[j] * load16(kp + 16 * j);
+        return acc;
+      };
+      int64_t p = 0;
+      for (; p + 4 <= P; p += 4) {
+        const vf4 d4 = hsum16x4(dot(p), dot(p + 1), dot(p + 2), dot(p + 3));
+        std::memcpy(s + p, &d4, sizeof(d4));
       }
+      for (; p < P; ++p) s[p] = hsum16(dot(p));
+      if (bias) {
+        for (int64_t p = 0; p < P; ++p) s[p] += static_cast<float>(bias[bi[p]]);
+      }
+      float mx = -std::numeric_limits<float>::infinity();
+      for (int64_t p = 0; p < P; ++p) {
+        if ((!ok || ok[p]) && s[p] > mx) mx = s[p];
+      }
+      for (int64_t p = P; p < padded; ++p) s[p] = mx;
+      for (int64_t p = 0; p < padded; p += 16) store16(s + p, exp16(load16(s + p) - mx));
+      if (ok) {
+        for (int64_t p = 0; p < P; ++p) s[p] = ok[p] ? s[p] : 0.0f;
+      }
+      float sum = 0;
+      for (int64_t p = 0; p < P; ++p) sum += s[p];
+      vf16 o[NDV] = {};
+      for (int64_t p = 0; p < P; ++p) {
+        const scalar_t* vp = vb + static_cast<int64_t>(nb[p]) * vs.n;
+        const float w = s[p];
+        for (int j = 0; j < NDV; ++j) o[j] += w * load16(vp + 16 * j);
+      }
+      const float inv = 1.0f / sum;
+      scalar_t* op = out + ((b * N + n) * H + h) * Dv;
+      for (int j = 0; j < NDV; ++j) store16(op + 16 * j, o[j] * inv);
+      lse[(b * H + h) * N + n] = mx + std::log(sum);
     }
+  }
+}
+
+template <typename scalar_t, int ND, int NDV>
+void forward_vec(
+    const scalar_t* q, const scalar_t* k, const scalar_t* v, Strides qs, Strides ks, Strides vs,
+    const scalar_t* rpb, const int32_t* nbr,
+    const int32_t* bidx, const bool* valid, scalar_t* out, float* lse, int64_t B, int64_t N,
+    int64_t H, int64_t G, int64_t P, int64_t R, float scale) {
+  at::parallel_for(0, B * H * ((N + kRowBlock - 1) / kRowBlock), 1, [&](int64_t begin, int64_t end) {
+    forward_vec_range<scalar_t, ND, NDV>(
+        q, k, v, qs, ks, vs, rpb, nbr, bidx, valid, out, lse, B, N, H, G, P, R, scale, begin, end);
   });
 }
 
-template <int ND, int NDV>
-void backward_f32(
-    const float* dout, const float* q, const float* k, const float* v, Strides qs, Strides ks,
-    Strides vs, const float* rpb,
-    const float* out, const float* lse, const int32_t* nbr, const int32_t* bidx,
+template <typename scalar_t, int ND, int NDV>
+void backward_vec_range(
+    const scalar_t* dout, const scalar_t* q, const scalar_t* k, const scalar_t* v, Strides qs,
+    Strides ks, Strides vs, const scalar_t* rpb,
+    const scalar_t* out, const float* lse, const int32_t* nbr, const int32_t* bidx,
     const bool* valid, const float* dlse, float* dq, float* dk, float* dv, float* drpb, int64_t B,
-    int64_t N, int64_t H, int64_t G, int64_t P, int64_t R, float scale) {
+    int64_t N, int64_t H, int64_t G, int64_t P, int64_t R, float scale,
+    int64_t begin, int64_t end) {
   constexpr int64_t D = 16 * ND, Dv = 16 * NDV;
   const int64_t padded = (P + 15) / 16 * 16;
-  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> s_buf(padded), dp_buf(padded);
-    float* s = s_buf.data();
-    float* dp = dp_buf.data();
-    for (int64_t work = begin; work < end; ++work) {
-      const int64_t h = work % H;
-      const int64_t b = work / H;
-      const int64_t v_base = b * N * H * Dv + h * Dv;
-      const float* bias = rpb ? rpb + h * R : nullptr;
-      float* drpb_slice = drpb ? drpb + (b * H + h) * R : nullptr;
-      // Gradients are [B, heads, N, D]: each slice is contiguous, so the scatter into dK/dV never
-      // hits the 4 KiB store-to-load aliasing that the heads-interleaved layout causes.
-      float* dq_slice = dq + (b * H + h) * N * D;
-      float* dk_slice = dk + (b * H + h) * N * D;
-      float* dv_slice = dv + (b * H + h) * N * Dv;
-      for (int64_t n = 0; n < N; ++n) {
-        const int64_t row = n * H;
-        vf16 qv[ND], dov[NDV], dqv[ND] = {};
-        vf16 dacc = {};
-        for (int j = 0; j < NDV; ++j) {
-          dov[j] = load16(dout + v_base + row * Dv + 16 * j);
-          dacc += dov[j] * load16(out + v_base + row * Dv + 16 * j);
-        }
-        // A gradient reaching the log-sum-exp adds dlse * P to dS: fold it into delta.
-        const float delta = hsum16(dacc) - (dlse ? dlse[(b * H + h) * N + n] : 0.0f);
-        const float* qp = q + b * qs.b + n * qs.n + h * qs.h;
-        for (int j = 0; j < ND; ++j) qv[j] = load16(qp + 16 * j) * scale;
-        const int32_t* nb = nbr + n * P;
-        const int32_t* bi = bidx + n * P;
-        const bool* ok = valid ? valid + n * P : nullptr;
-        // 1. logits and dP = dO . V for every neighbour.
-        auto logit = [&](int64_t p) {
-          const float* kp = k + b * ks.b + (h / G) * ks.h + static_cast<int64_t>(nb[p]) * ks.n;
-          vf16 acc = qv[0] * load16(kp);
-          for (int j = 1; j < ND; ++j) acc += qv[j] * load16(kp + 16 * j);
-          return acc;
-        };
-        auto dprob = [&](int64_t p) {
-          const float* vp = v + b * vs.b + (h / G) * vs.h + static_cast<int64_t>(nb[p]) * vs.n;
-          vf16 acc = dov[0] * load16(vp);
-          for (int j = 1; j < NDV; ++j) acc += dov[j] * load16(vp + 16 * j);
-          return acc;
-        };
-        int64_t p = 0;
-        for (; p + 4 <= P; p += 4) {
-          const vf4 s4 = hsum16x4(logit(p), logit(p + 1), logit(p + 2), logit(p + 3));
-          const vf4 d4 = hsum16x4(dprob(p), dprob(p + 1), dprob(p + 2), dprob(p + 3));
-          std::memcpy(s + p, &s4, sizeof(s4));
-          std::memcpy(dp + p, &d4, sizeof(d4));
-        }
-        for (; p < P; ++p) {
-          s[p] = hsum16(logit(p));
-          dp[p] = hsum16(dprob(p));
-        }
-        if (bias) {
-          for (int64_t p = 0; p < P; ++p) s[p] += bias[bi[p]];
-        }
-        // 2. probabilities (into s) and dS (into dp), 16 at a time.
-        const float l = lse[(b * H + h) * N + n];
-        for (int64_t p = P; p < padded; ++p) s[p] = l, dp[p] = delta;
-        for (int64_t p = 0; p < padded; p += 16) {
-          const vf16 prob = exp16(load16(s + p) - l);
-          store16(s + p, prob);
-          store16(dp + p, prob * (load16(dp + p) - delta));
-        }
-        if (ok) {
-          for (int64_t p = 0; p < P; ++p) {
-            if (!ok[p]) s[p] = dp[p] = 0.0f;
-          }
-        }
-        // 3. scatter into dK, dV (and dRPB); gather into dQ.
-        for (int64_t p = 0; p < P; ++p) {
-          const float* kp = k + b * ks.b + (h / G) * ks.h + static_cast<int64_t>(nb[p]) * ks.n;
-          float* dkp = dk_slice + static_cast<int64_t>(nb[p]) * D;
-          float* dvp = dv_slice + static_cast<int64_t>(nb[p]) * Dv;
-          const float ds = dp[p], prob = s[p];
-          for (int j = 0; j < ND; ++j) {
-            dqv[j] += ds * load16(kp + 16 * j);
-            store16(dkp + 16 * j, load16(dkp + 16 * j) + ds * qv[j]);
-          }
-          for (int j = 0; j < NDV; ++j) store16(dvp + 16 * j, load16(dvp + 16 * j) + prob * dov[j]);
-        }
-        if (drpb_slice) {
-          for (int64_t p = 0; p < P; ++p) drpb_slice[bi[p]] += dp[p];
-        }
-        for (int j = 0; j < ND; ++j) store16(dq_slice + n * D + 16 * j, dqv[j] * scale);
+  std::vector<float> s_buf(padded), dp_buf(padded);
+  float* s = s_buf.data();
+  float* dp = dp_buf.data();
+  for (int64_t work = begin; work < end; ++work) {
+    const int64_t h = work % H;
+    const int64_t b = work / H;
+    const int64_t v_base = b * N * H * Dv + h * Dv;
+    const scalar_t* bias = rpb ? rpb + h * R : nullptr;
+    float* drpb_slice = drpb ? drpb + (b * H + h) * R : nullptr;
+    // Gradients are [B, heads, N, D]: each slice is contiguous, so the scatter into dK/dV never
+    // hits the 4 KiB store-to-load aliasing that the heads-interleaved layout causes.
+    float* dq_slice = dq + (b * H + h) * N * D;
+    float* dk_slice = dk + (b * H + h) * N * D;
+    float* dv_slice = dv + (b * H + h) * N * Dv;
+    for (int64_t n = 0; n < N; ++n) {
+      const int64_t row = n * H;
+      vf16 qv[ND], dov[NDV], dqv[ND] = {};
+      vf16 dacc = {};
+      for (int j = 0; j < NDV; ++j) {
+        dov[j] = load16(dout + v_base + row * Dv + 16 * j);
+        dacc += dov[j] * load16(out + v_base + row * Dv + 16 * j);
       }
+      // A gradient reaching the log-sum-exp adds dlse * P to dS: fold it into delta.
+      const float delta = hsum16(dacc) - (dlse ? dlse[(b * H + h) * N + n] : 0.0f);
+      const scalar_t* qp = q + b * qs.b + n * qs.n + h * qs.h;
+      for (int j = 0; j < ND; ++j) qv[j] = load16(qp + 16 * j) * scale;
+      const int32_t* nb = nbr + n * P;
+      const int32_t* bi = bidx + n * P;
+      const bool* ok = valid ? valid + n * P : nullptr;
+      // 1. logits and dP = dO . V for every neighbour.
+      auto logit = [&](int64_t p) {
+        const scalar_t* kp = k + b * ks.b + (h / G) * ks.h + static_cast<int64_t>(nb[p]) * ks.n;
+        vf16 acc = qv[0] * load16(kp);
+        for (int j = 1; j < ND; ++j) acc += qv[j] * load16(kp + 16 * j);
+        return acc;
+      };
+      auto dprob = [&](int64_t p) {
+        const scalar_t* vp = v + b * vs.b + (h / G) * vs.h + static_cast<int64_t>(nb[p]) * vs.n;
+        vf16 acc = dov[0] * load16(vp);
+        for (int j = 1; j < NDV; ++j) acc += dov[j] * load16(vp + 16 * j);
+        return acc;
+      };
+      int64_t p = 0;
+      for (; p + 4 <= P; p += 4) {
+        const vf4 s4 = hsum16x4(logit(p), logit(p + 1), logit(p + 2), logit(p + 3));
+        const vf4 d4 = hsum16x4(dprob(p), dprob(p + 1), dprob(p + 2), dprob(p + 3));
+        std::memcpy(s + p, &s4, sizeof(s4));
+        std::memcpy(dp + p, &d4, sizeof(d4));
+      }
+      for (; p < P; ++p) {
+        s[p] = hsum16(logit(p));
+        dp[p] = hsum16(dprob(p));
+      }
+      if (bias) {
+        for (int64_t p = 0; p < P; ++p) s[p] += static_cast<float>(bias[bi[p]]);
+      }
+      // 2. probabilities (into s) and dS (into dp), 16 at a time.
+      const float l = lse[(b * H + h) * N + n];
+      for (int64_t p = P; p < padded; ++p) s[p] = l, dp[p] = delta;
+      for (int64_t p = 0; p < padded; p += 16) {
+        const vf16 prob = exp16(load16(s + p) - l);
+        store16(s + p, prob);
+        store16(dp + p, prob * (load16(dp + p) - delta));
+      }
+      if (ok) {
+        for (int64_t p = 0; p < P; ++p) {
+          if (!ok[p]) s[p] = dp[p] = 0.0f;
+        }
+      }
+      // 3. scatter into dK, dV (and dRPB); gather into dQ.
+      for (int64_t p = 0; p < P; ++p) {
+        const scalar_t* kp = k + b * ks.b + (h / G) * ks.h + static_cast<int64_t>(nb[p]) * ks.n;
+        float* dkp = dk_slice + static_cast<int64_t>(nb[p]) * D;
+        float* dvp = dv_slice + static_cast<int64_t>(nb[p]) * Dv;
+        const float ds = dp[p], prob = s[p];
+        for (int j = 0; j < ND; ++j) {
+          dqv[j] += ds * load16(kp + 16 * j);
+          store16(dkp + 16 * j, load16(dkp + 16 * j) + ds * qv[j]);
+        }
+        for (int j = 0; j < NDV; ++j) store16(dvp + 16 * j, load16(dvp + 16 * j) + prob * dov[j]);
+      }
+      if (drpb_slice) {
+        for (int64_t p = 0; p < P; ++p) drpb_slice[bi[p]] += dp[p];
+      }
+      for (int j = 0; j < ND; ++j) store16(dq_slice + n * D + 16 * j, dqv[j] * scale);
     }
+  }
+}
+
+template <typename scalar_t, int ND, int NDV>
+void backward_vec(
+    const scalar_t* dout, const scalar_t* q, const scalar_t* k, const scalar_t* v, Strides qs,
+    Strides ks, Strides vs, const scalar_t* rpb,
+    const scalar_t* out, const float* lse, const int32_t* nbr, const int32_t* bidx,
+    const bool* valid, const float* dlse, float* dq, float* dk, float* dv, float* drpb, int64_t B,
+    int64_t N, int64_t H, int64_t G, int64_t P, int64_t R, float scale) {
+  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+    backward_vec_range<scalar_t, ND, NDV>(
+        dout, q, k, v, qs, ks, vs, rpb, out, lse, nbr, bidx, valid, dlse, dq, dk, dv, drpb, B, N,
+        H, G, P, R, scale, begin, end);
   });
 }
 
-// Calls fn.template operator()<ND, NDV>() for supported float32 head dims; false otherwise.
+// Calls fn(ND, NDV) as integral constants for the vector path's head dims; false otherwise.
 template <typename Fn>
-bool with_f32_dims(int64_t D, int64_t Dv, Fn&& fn) {
+bool with_vec_dims(int64_t D, int64_t Dv, Fn&& fn) {
   if (D == 32 && Dv == 32) return fn(std::integral_constant<int, 2>{}, std::integral_constant<int, 2>{});
   if (D == 64 && Dv == 64) return fn(std::integral_constant<int, 4>{}, std::integral_constant<int, 4>{});
   if (D == 16 && Dv == 16) return fn(std::integral_constant<int, 1>{}, std::integral_constant<int, 1>{});
   if (D == 128 && Dv == 128) return fn(std::integral_constant<int, 8>{}, std::integral_constant<int, 8>{});
+  return false;
+}
+
+template <typename T>
+struct TypeTag {
+  using type = T;
+};
+
+// Calls fn(TypeTag<scalar_t>) for the vector path's input types; false otherwise.
+template <typename Fn>
+bool with_vec_type(at::ScalarType dtype, Fn&& fn) {
+  if (dtype == at::kFloat) return fn(TypeTag<float>{});
+  if (dtype == at::kBFloat16) return fn(TypeTag<c10::BFloat16>{});
+  if (dtype == at::kHalf) return fn(TypeTag<c10::Half>{});
   return false;
 }
 
@@ -513,17 +592,18 @@ std::vector<torch::Tensor> na_forward(
   auto out = torch::empty({B, N, H, Dv}, v.options());
   const auto acc_type = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   auto lse = torch::empty({B, H, N}, q.options().dtype(acc_type));
-  if (q.scalar_type() == at::kFloat &&
-      with_f32_dims(D, Dv, [&](auto nd, auto ndv) {
-        forward_f32<decltype(nd)::value, decltype(ndv)::value>(
-            q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(), qs, ks, vs,
-            rpb ? rpb->data_ptr<float>() : nullptr, table_ptr(nbr), table_ptr(bidx),
-            valid ? valid->data_ptr<bool>() : nullptr, out.data_ptr<float>(),
-            lse.data_ptr<float>(), B, N, H, G, P, R, static_cast<float>(scale));
-        return true;
-      })) {
-    return {out, lse};
-  }
+  const bool vectorised = with_vec_type(q.scalar_type(), [&](auto type) {
+    using scalar_t = typename decltype(type)::type;
+    return with_vec_dims(D, Dv, [&](auto nd, auto ndv) {
+      forward_vec<scalar_t, decltype(nd)::value, decltype(ndv)::value>(
+          q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), qs, ks, vs,
+          rpb ? rpb->data_ptr<scalar_t>() : nullptr, table_ptr(nbr), table_ptr(bidx),
+          valid ? valid->data_ptr<bool>() : nullptr, out.data_ptr<scalar_t>(),
+          lse.data_ptr<float>(), B, N, H, G, P, R, static_cast<float>(scale));
+      return true;
+    });
+  });
+  if (vectorised) return {out, lse};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "na_forward", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     auto run = [&](auto kernel) {
@@ -561,25 +641,27 @@ std::vector<torch::Tensor> na_backward(
   check_dense("lse", lse, {B, H, N}, acc_type);
   if (dlse) check_dense("dlse", *dlse, {B, H, N}, acc_type);
   const auto acc_opts = lse.options();
-  const bool f32 = q.scalar_type() == at::kFloat && D == Dv &&
-                   (D == 16 || D == 32 || D == 64 || D == 128);
-  // Head-major [B, heads, N, D] gradients; the float32 path writes every dq row exactly once.
+  const bool vec = with_vec_type(q.scalar_type(), [](auto) { return true; }) &&
+                   with_vec_dims(D, Dv, [](auto, auto) { return true; });
+  // Head-major [B, heads, N, D] gradients; the vector path writes every dq row exactly once.
   // dk/dv get one slice per query head (no two threads share one); grouped heads are summed below.
-  auto dq = f32 ? torch::empty({B, H, N, D}, acc_opts) : torch::zeros({B, H, N, D}, acc_opts);
+  auto dq = vec ? torch::empty({B, H, N, D}, acc_opts) : torch::zeros({B, H, N, D}, acc_opts);
   auto dk = torch::zeros({B, H, N, D}, acc_opts);
   auto dv = torch::zeros({B, H, N, Dv}, acc_opts);
   auto drpb = torch::zeros({B, H, rpb ? R : 0}, acc_opts);
-  const bool fast =
-      f32 && with_f32_dims(D, Dv, [&](auto nd, auto ndv) {
-        backward_f32<decltype(nd)::value, decltype(ndv)::value>(
-            dout.data_ptr<float>(), q.data_ptr<float>(), k.data_ptr<float>(),
-            v.data_ptr<float>(), qs, ks, vs, rpb ? rpb->data_ptr<float>() : nullptr, out.data_ptr<float>(),
-            lse.data_ptr<float>(), table_ptr(nbr), table_ptr(bidx),
-            valid ? valid->data_ptr<bool>() : nullptr, dlse ? dlse->data_ptr<float>() : nullptr,
-            dq.data_ptr<float>(), dk.data_ptr<float>(), dv.data_ptr<float>(),
-            rpb ? drpb.data_ptr<float>() : nullptr, B, N, H, G, P, R, static_cast<float>(scale));
-        return true;
-      });
+  const bool fast = vec && with_vec_type(q.scalar_type(), [&](auto type) {
+    using scalar_t = typename decltype(type)::type;
+    return with_vec_dims(D, Dv, [&](auto nd, auto ndv) {
+      backward_vec<scalar_t, decltype(nd)::value, decltype(ndv)::value>(
+          dout.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(),
+          v.data_ptr<scalar_t>(), qs, ks, vs, rpb ? rpb->data_ptr<scalar_t>() : nullptr,
+          out.data_ptr<scalar_t>(), lse.data_ptr<float>(), table_ptr(nbr), table_ptr(bidx),
+          valid ? valid->data_ptr<bool>() : nullptr, dlse ? dlse->data_ptr<float>() : nullptr,
+          dq.data_ptr<float>(), dk.data_ptr<float>(), dv.data_ptr<float>(),
+          rpb ? drpb.data_ptr<float>() : nullptr, B, N, H, G, P, R, static_cast<float>(scale));
+      return true;
+    });
+  });
   auto grouped = [&](const torch::Tensor& g) {
     return G == 1 ? g : g.view({B, Hkv, G, N, g.size(3)}).sum(2);
   };
