@@ -172,7 +172,6 @@ SMALL: dict[str, tuple[str, str | None]] = {
         "--batch dynamic --input-size 64 64",
         None,
     ),
-    "nat segment train": (f"nat segment train {SEG_TRAIN}", None),
     "nat segment train --output runs/seg-demo": (
         f"nat segment train --output runs/seg-demo {SEG_TRAIN}",
         None,
