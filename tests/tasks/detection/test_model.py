@@ -3,6 +3,8 @@ forward passes of a tiny one in training and evaluation."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -107,3 +109,11 @@ def test_rpb_tables_get_no_weight_decay():
     assert names and all(
         n.startswith("backbone.body.levels.") and n.endswith(".rpb") for n in names
     )
+
+
+def test_a_size_range_without_objects_has_no_score_not_zero() -> None:
+    from nat.tasks.detection.evaluate import _percent
+
+    assert _percent("APl", 0.5) == 50.0
+    assert math.isnan(_percent("APl", -1.0))  # COCOeval's -1: no large object in the data
+    assert _percent("AP", -1.0) == 0.0  # no object at all: the comparable worst score

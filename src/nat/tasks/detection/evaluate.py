@@ -91,9 +91,8 @@ def score_results(
             evaluator.evaluate()
             evaluator.accumulate()
             evaluator.summarize()
-        # -1 marks "no ground truth of this size": reported as 0
-        stats = [max(0.0, float(s)) * 100 for s in evaluator.stats[: len(METRICS)]]
-        scores.update({f"{iou_type}_{m}": s for m, s in zip(METRICS, stats, strict=True)})
+        for metric, stat in zip(METRICS, evaluator.stats, strict=False):
+            scores[f"{iou_type}_{metric}"] = _percent(metric, float(stat))
     return scores
 
 
@@ -112,3 +111,12 @@ def evaluate(
     image_ids = [dataset.ids[i] for i in range(len(loader.dataset))]
     scores = score_results(dataset, results, image_ids) if env.is_main else None
     return broadcast(scores, env), results
+
+
+def _percent(metric: str, stat: float) -> float:
+    """COCOeval's ``stat`` in percent. Its -1 means "no ground truth here": for a size range
+    (APs/APm/APl: no object of that size) that is no score at all, NaN (``null`` in JSON); for the
+    overall APs (no object at all) it stays 0, the score the best-checkpoint choice compares."""
+    if stat >= 0:
+        return stat * 100
+    return float("nan") if metric in ("APs", "APm", "APl") else 0.0
