@@ -17,7 +17,7 @@ from .fit import FitResult, LossFn, MetricsFn, NonFiniteLossError, fit
 from .loaders import eval_loader, iteration_loader, limit, seed_loader, train_loader
 from .precision import AMP_MODES, autocast, resolve_amp
 from .rng import capture_rng_state, restore_rng_state, seed_everything
-from .run import RunDirectory, RunLockedError, default_output
+from .run import RunDirectory, RunLockedError, default_output, train_in_run_directory
 
 __all__ = [
     "AMP_MODES",
@@ -50,6 +50,7 @@ __all__ = [
     "save_checkpoint",
     "seed_everything",
     "seed_loader",
+    "train_in_run_directory",
     "train_loader",
     "train_sampler",
 ]

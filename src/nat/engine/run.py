@@ -19,14 +19,15 @@ import errno
 import fcntl
 import os
 import shutil
+from collections.abc import Callable, Collection
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
 from ..files import atomic_open, json_line, write_json
-from .checkpoint import save_checkpoint
-from .distributed import DistEnv, broadcast
+from .checkpoint import load_checkpoint, resumed_settings, save_checkpoint
+from .distributed import DistEnv, barrier, broadcast, init_distributed
 
 __all__ = ["RunDirectory", "RunLockedError", "default_output"]
 
@@ -148,3 +149,46 @@ class RunDirectory:
     def _copy(src: Path, dst: Path) -> None:
         with open(src, "rb") as source, atomic_open(dst, "wb") as target:
             shutil.copyfileobj(source, target)
+
+
+TrainFn = Callable[..., tuple[dict[str, Any], Any]]
+"""``train(config, env, run, state, resume_path, progress) -> (summary, model)``."""
+
+
+def train_in_run_directory(
+    config: Any,
+    resume: str | os.PathLike[str] | None,
+    progress: bool,
+    *,
+    name: str,
+    settings_format: str,
+    runtime: Collection[str],
+    train: TrainFn,
+) -> tuple[dict[str, Any], Any, Path, DistEnv]:
+    """A task's training run: ``(summary, model, output, env)``.
+
+    Starts the distributed environment on ``config.device``, opens the run directory
+    ``config.output`` (default ``runs/<time>-<name>``), resumes from ``resume`` or its
+    ``last.pt`` with the checkpoint's settings (``config`` rebuilt by ``type(config).from_dict``;
+    see :func:`resumed_settings`), calls ``train(config, env, run, state, resume_path,
+    progress)`` and writes its summary. Every process calls this; rank 0 writes files.
+    """
+    env = init_distributed(config.device)
+    output = Path(config.output) if config.output else default_output(name, env)
+    with RunDirectory(output, env) as run:
+        resume_path = run.resume_from(resume)
+        state = load_checkpoint(resume_path) if resume_path else None
+        if state is not None:
+            config = type(config).from_dict(
+                resumed_settings(
+                    state,
+                    config.to_dict(),
+                    format=settings_format,
+                    runtime=runtime,
+                    path=resume_path,
+                )
+            )
+        summary, model = train(config, env, run, state, resume_path, progress)
+        run.write_summary(summary)
+        barrier(env)
+    return summary, model, output, env

@@ -27,16 +27,12 @@ from ...data import check_classes, create_eval_transform, create_train_transform
 from ...engine import (
     DistEnv,
     RunDirectory,
-    barrier,
-    default_output,
     eval_loader,
     fit,
-    init_distributed,
     limit,
-    load_checkpoint,
     resolve_amp,
-    resumed_settings,
     seed_everything,
+    train_in_run_directory,
     train_loader,
 )
 from .config import TrainConfig
@@ -71,24 +67,15 @@ def train(
     run on the same output directory raises :class:`nat.engine.RunLockedError`, a non-finite
     loss :class:`nat.engine.NonFiniteLossError`.
     """
-    env = init_distributed(config.device)
-    output = Path(config.output) if config.output else default_output(config.model, env)
-    with RunDirectory(output, env) as run:
-        resume_path = run.resume_from(resume)
-        state = load_checkpoint(resume_path) if resume_path else None
-        if state is not None:
-            config = TrainConfig.from_dict(
-                resumed_settings(
-                    state,
-                    config.to_dict(),
-                    format=TRAIN_CHECKPOINT_FORMAT,
-                    runtime=RUNTIME_SETTINGS,
-                    path=resume_path,
-                )
-            )
-        summary, model = _train(config, env, run, state, resume_path, progress)
-        run.write_summary(summary)
-        barrier(env)
+    summary, model, output, env = train_in_run_directory(
+        config,
+        resume,
+        progress,
+        name=config.model,
+        settings_format=TRAIN_CHECKPOINT_FORMAT,
+        runtime=RUNTIME_SETTINGS,
+        train=_train,
+    )
     return TrainResult(summary=summary, model=model, output=output, is_main=env.is_main)
 
 

@@ -26,15 +26,12 @@ from ...engine import (
     DistEnv,
     RunDirectory,
     barrier,
-    default_output,
     eval_loader,
     fit,
-    init_distributed,
     limit,
-    load_checkpoint,
     resolve_amp,
-    resumed_settings,
     seed_everything,
+    train_in_run_directory,
     train_loader,
 )
 from .config import DetectConfig
@@ -119,24 +116,15 @@ def train(
     :class:`nat.engine.RunDirectory`), resuming from ``resume`` or the directory's ``last.pt``.
     Under ``torchrun`` every process calls this; rank 0 writes files.
     """
-    env = init_distributed(config.device)
-    output = Path(config.output) if config.output else default_output(config.architecture, env)
-    with RunDirectory(output, env) as run:
-        resume_path = run.resume_from(resume)
-        state = load_checkpoint(resume_path) if resume_path else None
-        if state is not None:
-            config = DetectConfig.from_dict(
-                resumed_settings(
-                    state,
-                    config.to_dict(),
-                    format=TRAIN_CHECKPOINT_FORMAT,
-                    runtime=RUNTIME_SETTINGS,
-                    path=resume_path,
-                )
-            )
-        summary, model = _train(config, env, run, state, resume_path, progress)
-        run.write_summary(summary)
-        barrier(env)
+    summary, model, output, env = train_in_run_directory(
+        config,
+        resume,
+        progress,
+        name=config.architecture,
+        settings_format=TRAIN_CHECKPOINT_FORMAT,
+        runtime=RUNTIME_SETTINGS,
+        train=_train,
+    )
     return TrainResult(summary=summary, model=model, output=output, is_main=env.is_main)
 
 

@@ -24,17 +24,13 @@ from ...data.segmentation import IGNORE_INDEX
 from ...engine import (
     DistEnv,
     RunDirectory,
-    barrier,
-    default_output,
     eval_loader,
     fit,
-    init_distributed,
     iteration_loader,
     limit,
-    load_checkpoint,
     resolve_amp,
-    resumed_settings,
     seed_everything,
+    train_in_run_directory,
 )
 from .checkpoints import TRAIN_CHECKPOINT_FORMAT, load_upernet_weights
 from .config import SegmentConfig
@@ -81,26 +77,15 @@ def train(
     """Train the UPerNet ``config`` describes on ``config.data`` (the synthetic scenes when
     ``None``); the run directory, resume, DDP and stops are the engine's (see
     :func:`nat.tasks.classification.train`)."""
-    env = init_distributed(config.device)
-    output = (
-        Path(config.output) if config.output else default_output(f"upernet-{config.backbone}", env)
+    summary, model, output, env = train_in_run_directory(
+        config,
+        resume,
+        progress,
+        name=f"upernet-{config.backbone}",
+        settings_format=TRAIN_CHECKPOINT_FORMAT,
+        runtime=RUNTIME_SETTINGS,
+        train=_train,
     )
-    with RunDirectory(output, env) as run:
-        resume_path = run.resume_from(resume)
-        state = load_checkpoint(resume_path) if resume_path else None
-        if state is not None:
-            config = SegmentConfig.from_dict(
-                resumed_settings(
-                    state,
-                    config.to_dict(),
-                    format=TRAIN_CHECKPOINT_FORMAT,
-                    runtime=RUNTIME_SETTINGS,
-                    path=resume_path,
-                )
-            )
-        summary, model = _train(config, env, run, state, resume_path, progress)
-        run.write_summary(summary)
-        barrier(env)
     return SegmentResult(summary=summary, model=model, output=output, is_main=env.is_main)
 
 
