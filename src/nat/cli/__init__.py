@@ -21,6 +21,7 @@ from typing import Any
 __all__ = [
     "CLIError",
     "Parser",
+    "add_run_arguments",
     "build_parser",
     "fraction",
     "main",
@@ -71,6 +72,24 @@ positive_int = _number(int, "an integer >= 1", lambda v: v >= 1)
 non_negative_int = _number(int, "an integer >= 0", lambda v: v >= 0)
 positive_float = _number(float, "a finite number > 0", lambda v: math.isfinite(v) and v > 0)
 fraction = _number(float, "a number in (0, 1]", lambda v: 0 < v <= 1)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, set_example: str) -> None:
+    """The options every ``train`` subcommand shares: ``--set`` (read by :func:`parse_sets`),
+    ``--resume``, ``--json``, ``--no-progress`` and ``--debug``."""
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override any setting (YAML value), e.g. --set {set_example}",
+    )
+    parser.add_argument(
+        "--resume", default=None, help="checkpoint to resume (its settings are used)"
+    )
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
 def parse_sets(items: list[str]) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from . import CLIError, Parser, fraction, parse_sets, positive_int
+from . import CLIError, Parser, add_run_arguments, fraction, parse_sets, positive_int
 
 __all__ = ["register"]
 
@@ -57,17 +57,7 @@ def _register_train(actions: argparse._SubParsersAction) -> None:
     p.add_argument("--config", default=None, help="named recipe (shapes, coco_3x) or YAML file")
     for flag, type_, help_ in _TRAIN_OVERRIDES:
         p.add_argument(flag, type=type_, default=None, help=help_)
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override any setting (YAML value), e.g. --set milestones=[8,11]",
-    )
-    p.add_argument("--resume", default=None, help="checkpoint to resume (its settings are used)")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_run_arguments(p, "milestones=[8,11]")
     p.set_defaults(func=_train)
 
 

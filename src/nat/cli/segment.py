@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from ..files import write_json
-from . import CLIError, non_negative_int, parse_sets, positive_int
+from . import CLIError, add_run_arguments, non_negative_int, parse_sets, positive_int
 
 __all__ = ["register"]
 
@@ -59,13 +59,7 @@ def _register_train(commands: argparse._SubParsersAction) -> None:
     for flag, type_, help_ in _TRAIN_OVERRIDES:
         p.add_argument(flag, type=type_, default=None, help=help_)
     p.add_argument("--pretrained", action="store_true", default=None, help="timm backbone weights")
-    p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="any setting (YAML value)"
-    )
-    p.add_argument("--resume", default=None, help="checkpoint to resume (its settings are used)")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_run_arguments(p, "crop_size=256")
     p.set_defaults(func=_train)
 
 

@@ -8,7 +8,7 @@ import os
 from typing import Any
 
 from ..data import DIGITS, INTERPOLATIONS, is_digits
-from . import CLIError, fraction, non_negative_int, parse_sets, positive_int
+from . import CLIError, add_run_arguments, fraction, non_negative_int, parse_sets, positive_int
 
 __all__ = ["register"]
 
@@ -66,17 +66,7 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--skip-bad-images", action="store_true", default=None, help="skip unreadable images"
     )
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override any setting (YAML value), e.g. --set mixup=0 --set scale=[0.5,1]",
-    )
-    p.add_argument("--resume", default=None, help="checkpoint to resume (its settings are used)")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_run_arguments(p, "mixup=0 --set scale=[0.5,1]")
     p.set_defaults(func=_train)
 
 
