@@ -22,6 +22,11 @@
 #include <type_traits>
 #include <vector>
 
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#include <immintrin.h>
+#define NAT_AVX512 1
+#endif
+
 namespace {
 
 // Element strides of a [B, N, heads, D] view whose last axis is contiguous: q, k, v may be
@@ -215,6 +220,11 @@ typedef _Float16 vh16 __attribute__((vector_size(32), aligned(2)));
 
 // bfloat16 is float32's upper half: widen by a shift.
 inline vf16 load16(const c10::BFloat16* p) {
+#ifdef NAT_AVX512
+  // GCC splits the generic conversion into two 256-bit halves: one vpmovzxwd zmm instead.
+  const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return reinterpret_cast<vf16>(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+#endif
   const vu16 bits = __builtin_convertvector(*reinterpret_cast<const vu16x16_mem*>(p), vu16) << 16;
   vf16 v;
   std::memcpy(&v, &bits, sizeof(v));
@@ -269,6 +279,71 @@ inline vf4 hsum16x4(vf16 a, vf16 b, vf16 c, vf16 d) {
          __builtin_shufflevector(abcd, abcd, 1, 3, 5, 7);
 }
 
+// The sixteen sums of v[0..15] at once, lane i holding v[i]'s: a transposing reduction that
+// halves the vectors at each of four steps (30 shuffles and 15 adds for 16 sums, no scalar work).
+inline vf16 hsum16x16(const vf16* v) {
+  vf16 t[8], u[4], w[2];
+  for (int i = 0; i < 8; ++i) {
+    t[i] = __builtin_shufflevector(v[2 * i], v[2 * i + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19,
+                                   20, 21, 22, 23) +
+           __builtin_shufflevector(v[2 * i], v[2 * i + 1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26,
+                                   27, 28, 29, 30, 31);
+  }
+  for (int i = 0; i < 4; ++i) {
+    u[i] = __builtin_shufflevector(t[2 * i], t[2 * i + 1], 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19,
+                                   24, 25, 26, 27) +
+           __builtin_shufflevector(t[2 * i], t[2 * i + 1], 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22,
+                                   23, 28, 29, 30, 31);
+  }
+  for (int i = 0; i < 2; ++i) {
+    w[i] = __builtin_shufflevector(u[2 * i], u[2 * i + 1], 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21,
+                                   24, 25, 28, 29) +
+           __builtin_shufflevector(u[2 * i], u[2 * i + 1], 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22,
+                                   23, 26, 27, 30, 31);
+  }
+  return __builtin_shufflevector(w[0], w[1], 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28,
+                                 30) +
+         __builtin_shufflevector(w[0], w[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29,
+                                 31);
+}
+
+inline float hmax16(vf16 v) {
+  const vf8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7);
+  const vf8 b = __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+  const vf8 m8 = a > b ? a : b;
+  const vf4 c = __builtin_shufflevector(m8, m8, 0, 1, 2, 3), d = __builtin_shufflevector(m8, m8, 4, 5, 6, 7);
+  const vf4 m4 = c > d ? c : d;
+  const float x = m4[0] > m4[1] ? m4[0] : m4[1], y = m4[2] > m4[3] ? m4[2] : m4[3];
+  return x > y ? x : y;
+}
+
+// Which lanes of the chunk of 16 window slots starting at `base` hold a neighbour: the first
+// P - base, and (for causal windows) those whose `valid` entry is set. Never reads past slot P.
+inline vi16 chunk_lanes(int64_t base, int64_t P, const bool* ok) {
+  const vi16 lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  vi16 keep = lane < static_cast<int32_t>(P - base);
+  if (ok) {
+    const int64_t count = std::min<int64_t>(16, P - base);
+    vi16 flags = {};
+    for (int64_t j = 0; j < count; ++j) flags[j] = ok[base + j];
+    keep &= flags != 0;
+  }
+  return keep;
+}
+
+// rpb entries bias[bi[0..count)] as one vector (zero beyond count).
+inline vf16 gather_bias(const float* bias, const int32_t* bi, int64_t count) {
+#ifdef NAT_AVX512
+  const __mmask16 m = count >= 16 ? __mmask16(0xffff) : __mmask16((1u << count) - 1);
+  const __m512i idx = _mm512_maskz_loadu_epi32(m, bi);
+  return reinterpret_cast<vf16>(_mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, idx, bias, 4));
+#else
+  vf16 out = {};
+  for (int64_t j = 0; j < count; ++j) out[j] = bias[bi[j]];
+  return out;
+#endif
+}
+
 // 16 lanes of fast_exp (same polynomial, so the vector and scalar paths agree bit for bit).
 inline vf16 exp16(vf16 x) {
   x = x < -87.3f ? splat16(-87.3f) : x;
@@ -296,65 +371,127 @@ constexpr int64_t kRowBlock = 32;
 // store (may_alias) can overwrite, so sizes, strides and pointers stay in registers. Read through
 // a parallel_for lambda's captured references they were reloaded after every store (and h / G
 // recomputed with an integer division per neighbour).
+#if defined(NAT_AVX512) && defined(__AVX512BF16__)
+#define NAT_DPBF16 1
+#endif
+
+// bfloat16 query-key products by vdpbf16ps (AVX512-BF16): bf16 pairs multiplied exactly and
+// summed into float32 lanes, one instruction per 32 elements.
+template <typename scalar_t, int ND>
+constexpr bool kPairDots =
+#ifdef NAT_DPBF16
+    std::is_same_v<scalar_t, c10::BFloat16> && ND % 2 == 0;
+#else
+    false;
+#endif
+
+// The query row as kept for its dot products: float32 lanes premultiplied by the scale, or (for
+// kPairDots) the raw bf16 row, 32 elements per register, with the scale applied to the sums.
+template <typename scalar_t, int ND, bool kPairs = kPairDots<scalar_t, ND>>
+struct QueryRow {
+  vf16 lanes[ND];
+  QueryRow(const scalar_t* qp, float scale) {
+    for (int j = 0; j < ND; ++j) lanes[j] = load16(qp + 16 * j) * scale;
+  }
+  vf16 dot(const scalar_t* kp) const {
+    vf16 acc = lanes[0] * load16(kp);
+    for (int j = 1; j < ND; ++j) acc += lanes[j] * load16(kp + 16 * j);
+    return acc;
+  }
+  static vf16 scaled(vf16 sums, float) { return sums; }
+};
+
+#ifdef NAT_DPBF16
+template <typename scalar_t, int ND>
+struct QueryRow<scalar_t, ND, true> {
+  __m512bh pairs[ND / 2];
+  QueryRow(const scalar_t* qp, float) {
+    for (int j = 0; j < ND / 2; ++j) pairs[j] = (__m512bh)_mm512_loadu_si512(qp + 32 * j);
+  }
+  vf16 dot(const scalar_t* kp) const {
+    __m512 acc = _mm512_dpbf16_ps(_mm512_setzero_ps(), pairs[0],
+                                  (__m512bh)_mm512_loadu_si512(kp));
+    for (int j = 1; j < ND / 2; ++j)
+      acc = _mm512_dpbf16_ps(acc, pairs[j], (__m512bh)_mm512_loadu_si512(kp + 32 * j));
+    return reinterpret_cast<vf16>(acc);
+  }
+  static vf16 scaled(vf16 sums, float scale) { return sums * scale; }
+};
+#endif
+
+// o = sum over the window of w[p] * V[nb[p]], in float32. (Rounding the weights to bf16 for
+// vdpbf16ps was tried: no faster here, and less exact.)
+template <typename scalar_t, int NDV>
+void weighted_rows(const float* wf, int64_t P, const int32_t* nb, const scalar_t* vb,
+                   int64_t vstride, vf16* o) {
+  // Four independent sets of accumulators, so that the FMAs do not all chain on one.
+  vf16 acc[4][NDV] = {};
+  int64_t p = 0;
+  for (; p + 4 <= P; p += 4) {
+    for (int u = 0; u < 4; ++u) {
+      const scalar_t* vp = vb + static_cast<int64_t>(nb[p + u]) * vstride;
+      for (int j = 0; j < NDV; ++j) acc[u][j] += wf[p + u] * load16(vp + 16 * j);
+    }
+  }
+  for (; p < P; ++p) {
+    const scalar_t* vp = vb + static_cast<int64_t>(nb[p]) * vstride;
+    for (int j = 0; j < NDV; ++j) acc[0][j] += wf[p] * load16(vp + 16 * j);
+  }
+  for (int j = 0; j < NDV; ++j) o[j] = (acc[0][j] + acc[1][j]) + (acc[2][j] + acc[3][j]);
+}
+
 template <typename scalar_t, int ND, int NDV>
 void forward_vec_range(
     const scalar_t* q, const scalar_t* k, const scalar_t* v, Strides qs, Strides ks, Strides vs,
-    const scalar_t* rpb, const int32_t* nbr,
+    const float* rpb, const int32_t* nbr,
     const int32_t* bidx, const bool* valid, scalar_t* out, float* lse, int64_t B, int64_t N,
     int64_t H, int64_t G, int64_t P, int64_t R, float scale,
     int64_t begin, int64_t end) {
-  constexpr int64_t D = 16 * ND, Dv = 16 * NDV, kBlock = kRowBlock;
+  constexpr int64_t Dv = 16 * NDV, kBlock = kRowBlock;
+  constexpr float kInf = std::numeric_limits<float>::infinity();
   const int64_t blocks = (N + kBlock - 1) / kBlock;
-  const int64_t padded = (P + 15) / 16 * 16;
-  std::vector<float> s_buf(padded);
-  float* s = s_buf.data();
+  const int64_t chunks = (P + 15) / 16;
+  std::vector<vf16> s_buf(chunks);
+  vf16* s = s_buf.data();
   for (int64_t work = begin; work < end; ++work) {
     const int64_t block = work % blocks;
     const int64_t h = (work / blocks) % H;
     const int64_t b = work / (blocks * H);
     const scalar_t* kb = k + b * ks.b + (h / G) * ks.h;
     const scalar_t* vb = v + b * vs.b + (h / G) * vs.h;
-    const scalar_t* bias = rpb ? rpb + h * R : nullptr;
+    const float* bias = rpb ? rpb + h * R : nullptr;
     const int64_t n_end = std::min(N, (block + 1) * kBlock);
     for (int64_t n = block * kBlock; n < n_end; ++n) {
-      const scalar_t* qp = q + b * qs.b + n * qs.n + h * qs.h;
-      vf16 qv[ND];
-      for (int j = 0; j < ND; ++j) qv[j] = load16(qp + 16 * j) * scale;
+      const QueryRow<scalar_t, ND> qrow(q + b * qs.b + n * qs.n + h * qs.h, scale);
       const int32_t* nb = nbr + n * P;
       const int32_t* bi = bidx + n * P;
       const bool* ok = valid ? valid + n * P : nullptr;
-      auto dot = [&](int64_t p) {
-        const scalar_t* kp = kb + static_cast<int64_t>(nb[p]) * ks.n;
-        vf16 acc = qv[0] * load16(kp);
-        for (int j = 1; j < ND; ++j) acc += qv[j] * load16(kp + 16 * j);
-        return acc;
-      };
-      int64_t p = 0;
-      for (; p + 4 <= P; p += 4) {
-        const vf4 d4 = hsum16x4(dot(p), dot(p + 1), dot(p + 2), dot(p + 3));
-        std::memcpy(s + p, &d4, sizeof(d4));
+      // 1. Scores, 16 window slots per vector (slots past P or masked out are -inf), and their max.
+      vf16 vmax = splat16(-kInf);
+      for (int64_t c = 0; c < chunks; ++c) {
+        const int64_t base = 16 * c, count = std::min<int64_t>(16, P - base);
+        vf16 dots[16];
+        for (int64_t j = 0; j < 16; ++j) {
+          dots[j] = j < count ? qrow.dot(kb + static_cast<int64_t>(nb[base + j]) * ks.n) : vf16{};
+        }
+        vf16 sc = QueryRow<scalar_t, ND>::scaled(hsum16x16(dots), scale);
+        if (bias) sc += gather_bias(bias, bi + base, count);
+        sc = chunk_lanes(base, P, ok) ? sc : splat16(-kInf);
+        s[c] = sc;
+        vmax = vmax > sc ? vmax : sc;
       }
-      for (; p < P; ++p) s[p] = hsum16(dot(p));
-      if (bias) {
-        for (int64_t p = 0; p < P; ++p) s[p] += static_cast<float>(bias[bi[p]]);
+      const float mx = hmax16(vmax);
+      // 2. Unnormalised probabilities (exactly 0 outside the window) and their sum.
+      vf16 vsum = {};
+      for (int64_t c = 0; c < chunks; ++c) {
+        const vf16 e = chunk_lanes(16 * c, P, ok) ? exp16(s[c] - mx) : vf16{};
+        s[c] = e;
+        vsum += e;
       }
-      float mx = -std::numeric_limits<float>::infinity();
-      for (int64_t p = 0; p < P; ++p) {
-        if ((!ok || ok[p]) && s[p] > mx) mx = s[p];
-      }
-      for (int64_t p = P; p < padded; ++p) s[p] = mx;
-      for (int64_t p = 0; p < padded; p += 16) store16(s + p, exp16(load16(s + p) - mx));
-      if (ok) {
-        for (int64_t p = 0; p < P; ++p) s[p] = ok[p] ? s[p] : 0.0f;
-      }
-      float sum = 0;
-      for (int64_t p = 0; p < P; ++p) sum += s[p];
-      vf16 o[NDV] = {};
-      for (int64_t p = 0; p < P; ++p) {
-        const scalar_t* vp = vb + static_cast<int64_t>(nb[p]) * vs.n;
-        const float w = s[p];
-        for (int j = 0; j < NDV; ++j) o[j] += w * load16(vp + 16 * j);
-      }
+      const float sum = hsum16(vsum);
+      // 3. Their weighted sum of value rows.
+      vf16 o[NDV];
+      weighted_rows<scalar_t, NDV>(reinterpret_cast<const float*>(s), P, nb, vb, vs.n, o);
       const float inv = 1.0f / sum;
       scalar_t* op = out + ((b * N + n) * H + h) * Dv;
       for (int j = 0; j < NDV; ++j) store16(op + 16 * j, o[j] * inv);
@@ -366,7 +503,7 @@ void forward_vec_range(
 template <typename scalar_t, int ND, int NDV>
 void forward_vec(
     const scalar_t* q, const scalar_t* k, const scalar_t* v, Strides qs, Strides ks, Strides vs,
-    const scalar_t* rpb, const int32_t* nbr,
+    const float* rpb, const int32_t* nbr,
     const int32_t* bidx, const bool* valid, scalar_t* out, float* lse, int64_t B, int64_t N,
     int64_t H, int64_t G, int64_t P, int64_t R, float scale) {
   at::parallel_for(0, B * H * ((N + kRowBlock - 1) / kRowBlock), 1, [&](int64_t begin, int64_t end) {
@@ -375,101 +512,120 @@ void forward_vec(
   });
 }
 
+// bfloat16/float16 gradients written by the kernel itself (head-major like the float32 ones):
+// dQ row by row, dK and dV each (batch, head) slice once it is complete. Null: float32 outputs.
+template <typename scalar_t>
+struct LowGrads {
+  scalar_t* dq = nullptr;
+  scalar_t* dk = nullptr;
+  scalar_t* dv = nullptr;
+};
+
 template <typename scalar_t, int ND, int NDV>
 void backward_vec_range(
     const scalar_t* dout, const scalar_t* q, const scalar_t* k, const scalar_t* v, Strides qs,
-    Strides ks, Strides vs, const scalar_t* rpb,
+    Strides ks, Strides vs, const float* rpb,
     const scalar_t* out, const float* lse, const int32_t* nbr, const int32_t* bidx,
-    const bool* valid, const float* dlse, float* dq, float* dk, float* dv, float* drpb, int64_t B,
-    int64_t N, int64_t H, int64_t G, int64_t P, int64_t R, float scale,
-    int64_t begin, int64_t end) {
+    const bool* valid, const float* dlse, float* dq, float* dk, float* dv, float* drpb,
+    LowGrads<scalar_t> low, int64_t B, int64_t N, int64_t H, int64_t G, int64_t P, int64_t R,
+    float scale, int64_t begin, int64_t end) {
   constexpr int64_t D = 16 * ND, Dv = 16 * NDV;
-  const int64_t padded = (P + 15) / 16 * 16;
-  std::vector<float> s_buf(padded), dp_buf(padded);
-  float* s = s_buf.data();
-  float* dp = dp_buf.data();
+  const int64_t chunks = (P + 15) / 16;
+  std::vector<vf16> s_buf(chunks), dp_buf(chunks);
+  vf16* s = s_buf.data();
+  vf16* dp = dp_buf.data();
+  // float32 dK/dV accumulate in the outputs. bf16/fp16 ones accumulate one (batch, head) slice at
+  // a time in this float32 scratch, in cache, and are rounded once when the slice is done. dV's
+  // part starts 2 KiB past a 4 KiB multiple from dK's: row r of each is read and written
+  // together, and at equal offsets modulo 4 KiB every load of one would wait on the last store to
+  // the other (4K aliasing).
+  const int64_t gap = ((512 - N * D) % 1024 + 1024) % 1024;
+  std::vector<float> scratch(low.dk ? N * D + gap + N * Dv : 0);
   for (int64_t work = begin; work < end; ++work) {
     const int64_t h = work % H;
     const int64_t b = work / H;
+    if (low.dk) std::fill(scratch.begin(), scratch.end(), 0.0f);
+    float* dk_slice = low.dk ? scratch.data() : dk + (b * H + h) * N * D;
+    float* dv_slice = low.dk ? scratch.data() + N * D + gap : dv + (b * H + h) * N * Dv;
     const int64_t v_base = b * N * H * Dv + h * Dv;
-    const scalar_t* bias = rpb ? rpb + h * R : nullptr;
+    const scalar_t* kb = k + b * ks.b + (h / G) * ks.h;
+    const scalar_t* vb = v + b * vs.b + (h / G) * vs.h;
+    const float* bias = rpb ? rpb + h * R : nullptr;
     float* drpb_slice = drpb ? drpb + (b * H + h) * R : nullptr;
     // Gradients are [B, heads, N, D]: each slice is contiguous, so the scatter into dK/dV never
     // hits the 4 KiB store-to-load aliasing that the heads-interleaved layout causes.
-    float* dq_slice = dq + (b * H + h) * N * D;
-    float* dk_slice = dk + (b * H + h) * N * D;
-    float* dv_slice = dv + (b * H + h) * N * Dv;
+    float* dq_slice = low.dq ? nullptr : dq + (b * H + h) * N * D;
     for (int64_t n = 0; n < N; ++n) {
-      const int64_t row = n * H;
+      const scalar_t* dop = dout + v_base + n * H * Dv;
+      const scalar_t* qp = q + b * qs.b + n * qs.n + h * qs.h;
       vf16 qv[ND], dov[NDV], dqv[ND] = {};
       vf16 dacc = {};
       for (int j = 0; j < NDV; ++j) {
-        dov[j] = load16(dout + v_base + row * Dv + 16 * j);
-        dacc += dov[j] * load16(out + v_base + row * Dv + 16 * j);
+        dov[j] = load16(dop + 16 * j);
+        dacc += dov[j] * load16(out + v_base + n * H * Dv + 16 * j);
       }
       // A gradient reaching the log-sum-exp adds dlse * P to dS: fold it into delta.
       const float delta = hsum16(dacc) - (dlse ? dlse[(b * H + h) * N + n] : 0.0f);
-      const scalar_t* qp = q + b * qs.b + n * qs.n + h * qs.h;
       for (int j = 0; j < ND; ++j) qv[j] = load16(qp + 16 * j) * scale;
+      const QueryRow<scalar_t, ND> qrow(qp, scale);
+      const QueryRow<scalar_t, NDV> grow(dop, 1.0f);
       const int32_t* nb = nbr + n * P;
       const int32_t* bi = bidx + n * P;
       const bool* ok = valid ? valid + n * P : nullptr;
-      // 1. logits and dP = dO . V for every neighbour.
-      auto logit = [&](int64_t p) {
-        const scalar_t* kp = k + b * ks.b + (h / G) * ks.h + static_cast<int64_t>(nb[p]) * ks.n;
-        vf16 acc = qv[0] * load16(kp);
-        for (int j = 1; j < ND; ++j) acc += qv[j] * load16(kp + 16 * j);
-        return acc;
-      };
-      auto dprob = [&](int64_t p) {
-        const scalar_t* vp = v + b * vs.b + (h / G) * vs.h + static_cast<int64_t>(nb[p]) * vs.n;
-        vf16 acc = dov[0] * load16(vp);
-        for (int j = 1; j < NDV; ++j) acc += dov[j] * load16(vp + 16 * j);
-        return acc;
-      };
-      int64_t p = 0;
-      for (; p + 4 <= P; p += 4) {
-        const vf4 s4 = hsum16x4(logit(p), logit(p + 1), logit(p + 2), logit(p + 3));
-        const vf4 d4 = hsum16x4(dprob(p), dprob(p + 1), dprob(p + 2), dprob(p + 3));
-        std::memcpy(s + p, &s4, sizeof(s4));
-        std::memcpy(dp + p, &d4, sizeof(d4));
-      }
-      for (; p < P; ++p) {
-        s[p] = hsum16(logit(p));
-        dp[p] = hsum16(dprob(p));
-      }
-      if (bias) {
-        for (int64_t p = 0; p < P; ++p) s[p] += static_cast<float>(bias[bi[p]]);
-      }
-      // 2. probabilities (into s) and dS (into dp), 16 at a time.
       const float l = lse[(b * H + h) * N + n];
-      for (int64_t p = P; p < padded; ++p) s[p] = l, dp[p] = delta;
-      for (int64_t p = 0; p < padded; p += 16) {
-        const vf16 prob = exp16(load16(s + p) - l);
-        store16(s + p, prob);
-        store16(dp + p, prob * (load16(dp + p) - delta));
-      }
-      if (ok) {
-        for (int64_t p = 0; p < P; ++p) {
-          if (!ok[p]) s[p] = dp[p] = 0.0f;
+      // 1. Probabilities P and dS = P * (dO . V - delta), 16 window slots per vector; 0 outside.
+      for (int64_t c = 0; c < chunks; ++c) {
+        const int64_t base = 16 * c, count = std::min<int64_t>(16, P - base);
+        // (One set of 16 partial-sum vectors at a time: two would spill.)
+        vf16 dots[16];
+        for (int64_t j = 0; j < 16; ++j) {
+          dots[j] = j < count ? qrow.dot(kb + static_cast<int64_t>(nb[base + j]) * ks.n) : vf16{};
         }
+        vf16 logit = QueryRow<scalar_t, ND>::scaled(hsum16x16(dots), scale);
+        for (int64_t j = 0; j < 16; ++j) {
+          dots[j] = j < count ? grow.dot(vb + static_cast<int64_t>(nb[base + j]) * vs.n) : vf16{};
+        }
+        const vf16 dprob = hsum16x16(dots);
+        if (bias) logit += gather_bias(bias, bi + base, count);
+        const vi16 keep = chunk_lanes(base, P, ok);
+        const vf16 prob = keep ? exp16(logit - l) : vf16{};
+        s[c] = prob;
+        dp[c] = prob * (dprob - delta);
       }
-      // 3. scatter into dK, dV (and dRPB); gather into dQ.
-      for (int64_t p = 0; p < P; ++p) {
-        const scalar_t* kp = k + b * ks.b + (h / G) * ks.h + static_cast<int64_t>(nb[p]) * ks.n;
+      // 2. Scatter into dK, dV (and dRPB); gather into dQ.
+      const float* probs = reinterpret_cast<const float*>(s);
+      const float* dss = reinterpret_cast<const float*>(dp);
+      vf16 dqv2[ND] = {};  // a second dQ accumulator (odd slots): the FMAs chain less
+      auto scatter = [&](int64_t p, vf16* dq_acc) {
+        const scalar_t* kp = kb + static_cast<int64_t>(nb[p]) * ks.n;
         float* dkp = dk_slice + static_cast<int64_t>(nb[p]) * D;
         float* dvp = dv_slice + static_cast<int64_t>(nb[p]) * Dv;
-        const float ds = dp[p], prob = s[p];
+        const float ds = dss[p], prob = probs[p];
         for (int j = 0; j < ND; ++j) {
-          dqv[j] += ds * load16(kp + 16 * j);
+          dq_acc[j] += ds * load16(kp + 16 * j);
           store16(dkp + 16 * j, load16(dkp + 16 * j) + ds * qv[j]);
         }
         for (int j = 0; j < NDV; ++j) store16(dvp + 16 * j, load16(dvp + 16 * j) + prob * dov[j]);
-      }
+      };
+      int64_t p = 0;
+      for (; p + 2 <= P; p += 2) scatter(p, dqv), scatter(p + 1, dqv2);
+      if (p < P) scatter(p, dqv);
+      for (int j = 0; j < ND; ++j) dqv[j] += dqv2[j];
       if (drpb_slice) {
-        for (int64_t p = 0; p < P; ++p) drpb_slice[bi[p]] += dp[p];
+        for (int64_t p = 0; p < P; ++p) drpb_slice[bi[p]] += dss[p];
       }
-      for (int j = 0; j < ND; ++j) store16(dq_slice + n * D + 16 * j, dqv[j] * scale);
+      if (low.dq) {
+        for (int j = 0; j < ND; ++j) store16(low.dq + (b * H + h) * N * D + n * D + 16 * j, dqv[j] * scale);
+      } else {
+        for (int j = 0; j < ND; ++j) store16(dq_slice + n * D + 16 * j, dqv[j] * scale);
+      }
+    }
+    // The slice's dK and dV are complete: write them out (rounded, for bf16/fp16).
+    if (low.dk) {
+      scalar_t* dk_low = low.dk + (b * H + h) * N * D;
+      scalar_t* dv_low = low.dv + (b * H + h) * N * Dv;
+      for (int64_t i = 0; i < N * D; i += 16) store16(dk_low + i, load16(dk_slice + i));
+      for (int64_t i = 0; i < N * Dv; i += 16) store16(dv_low + i, load16(dv_slice + i));
     }
   }
 }
@@ -477,13 +633,14 @@ void backward_vec_range(
 template <typename scalar_t, int ND, int NDV>
 void backward_vec(
     const scalar_t* dout, const scalar_t* q, const scalar_t* k, const scalar_t* v, Strides qs,
-    Strides ks, Strides vs, const scalar_t* rpb,
+    Strides ks, Strides vs, const float* rpb,
     const scalar_t* out, const float* lse, const int32_t* nbr, const int32_t* bidx,
-    const bool* valid, const float* dlse, float* dq, float* dk, float* dv, float* drpb, int64_t B,
-    int64_t N, int64_t H, int64_t G, int64_t P, int64_t R, float scale) {
+    const bool* valid, const float* dlse, float* dq, float* dk, float* dv, float* drpb,
+    LowGrads<scalar_t> low, int64_t B, int64_t N, int64_t H, int64_t G, int64_t P, int64_t R,
+    float scale) {
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
     backward_vec_range<scalar_t, ND, NDV>(
-        dout, q, k, v, qs, ks, vs, rpb, out, lse, nbr, bidx, valid, dlse, dq, dk, dv, drpb, B, N,
+        dout, q, k, v, qs, ks, vs, rpb, out, lse, nbr, bidx, valid, dlse, dq, dk, dv, drpb, low, B, N,
         H, G, P, R, scale, begin, end);
   });
 }
@@ -592,12 +749,14 @@ std::vector<torch::Tensor> na_forward(
   auto out = torch::empty({B, N, H, Dv}, v.options());
   const auto acc_type = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   auto lse = torch::empty({B, H, N}, q.options().dtype(acc_type));
+  // The vector path reads rpb as float32 (a copy of [heads, R] for bf16/fp16: a few KiB).
+  const auto rpb_f = rpb ? c10::optional<torch::Tensor>(rpb->to(at::kFloat)) : c10::nullopt;
   const bool vectorised = with_vec_type(q.scalar_type(), [&](auto type) {
     using scalar_t = typename decltype(type)::type;
     return with_vec_dims(D, Dv, [&](auto nd, auto ndv) {
       forward_vec<scalar_t, decltype(nd)::value, decltype(ndv)::value>(
           q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), qs, ks, vs,
-          rpb ? rpb->data_ptr<scalar_t>() : nullptr, table_ptr(nbr), table_ptr(bidx),
+          rpb_f ? rpb_f->data_ptr<float>() : nullptr, table_ptr(nbr), table_ptr(bidx),
           valid ? valid->data_ptr<bool>() : nullptr, out.data_ptr<scalar_t>(),
           lse.data_ptr<float>(), B, N, H, G, P, R, static_cast<float>(scale));
       return true;
@@ -643,28 +802,43 @@ std::vector<torch::Tensor> na_backward(
   const auto acc_opts = lse.options();
   const bool vec = with_vec_type(q.scalar_type(), [](auto) { return true; }) &&
                    with_vec_dims(D, Dv, [](auto, auto) { return true; });
+  // bf16/fp16 without grouped heads: the kernel writes its gradients in that type (LowGrads);
+  // their dK/dV accumulate in per-thread float32 scratch, float32 ones in place.
+  const bool low = vec && G == 1 && q.scalar_type() != at::kFloat;
   // Head-major [B, heads, N, D] gradients; the vector path writes every dq row exactly once.
   // dk/dv get one slice per query head (no two threads share one); grouped heads are summed below.
-  auto dq = vec ? torch::empty({B, H, N, D}, acc_opts) : torch::zeros({B, H, N, D}, acc_opts);
-  auto dk = torch::zeros({B, H, N, D}, acc_opts);
-  auto dv = torch::zeros({B, H, N, Dv}, acc_opts);
+  auto dq = vec ? torch::empty({low ? 0 : B, H, N, D}, acc_opts) : torch::zeros({B, H, N, D}, acc_opts);
+  auto dk = torch::zeros({low ? 0 : B, H, N, D}, acc_opts);
+  auto dv = torch::zeros({low ? 0 : B, H, N, Dv}, acc_opts);
   auto drpb = torch::zeros({B, H, rpb ? R : 0}, acc_opts);
+  const auto rpb_f = rpb && vec ? c10::optional<torch::Tensor>(rpb->to(at::kFloat)) : c10::nullopt;
+  torch::Tensor dq_low, dk_low, dv_low;
+  if (low) {
+    dq_low = torch::empty({B, H, N, D}, q.options());
+    dk_low = torch::empty({B, H, N, D}, q.options());
+    dv_low = torch::empty({B, H, N, Dv}, q.options());
+  }
   const bool fast = vec && with_vec_type(q.scalar_type(), [&](auto type) {
     using scalar_t = typename decltype(type)::type;
     return with_vec_dims(D, Dv, [&](auto nd, auto ndv) {
       backward_vec<scalar_t, decltype(nd)::value, decltype(ndv)::value>(
           dout.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(),
-          v.data_ptr<scalar_t>(), qs, ks, vs, rpb ? rpb->data_ptr<scalar_t>() : nullptr,
+          v.data_ptr<scalar_t>(), qs, ks, vs, rpb_f ? rpb_f->data_ptr<float>() : nullptr,
           out.data_ptr<scalar_t>(), lse.data_ptr<float>(), table_ptr(nbr), table_ptr(bidx),
           valid ? valid->data_ptr<bool>() : nullptr, dlse ? dlse->data_ptr<float>() : nullptr,
           dq.data_ptr<float>(), dk.data_ptr<float>(), dv.data_ptr<float>(),
-          rpb ? drpb.data_ptr<float>() : nullptr, B, N, H, G, P, R, static_cast<float>(scale));
+          rpb ? drpb.data_ptr<float>() : nullptr,
+          low ? LowGrads<scalar_t>{dq_low.data_ptr<scalar_t>(), dk_low.data_ptr<scalar_t>(),
+                                   dv_low.data_ptr<scalar_t>()}
+              : LowGrads<scalar_t>{},
+          B, N, H, G, P, R, static_cast<float>(scale));
       return true;
     });
   });
   auto grouped = [&](const torch::Tensor& g) {
     return G == 1 ? g : g.view({B, Hkv, G, N, g.size(3)}).sum(2);
   };
+  if (fast && low) return {dq_low, dk_low, dv_low, drpb.sum(0)};
   if (fast) return {dq, grouped(dk), grouped(dv), drpb.sum(0)};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "na_backward", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
