@@ -194,7 +194,7 @@ def test_reduced_precision_kernel_is_float32_rounded_once(dtype, head_dim):
         rounded = want.to(dtype)
         if dtype == torch.float16:
             torch.testing.assert_close(got, rounded, rtol=0, atol=0)
-        else:  # within one bf16 ulp of the float32 value (plus float32 noise near 0), and rarely off
+        else:  # within one bf16 ulp of the float32 value (plus float32 noise near 0), rarely off
             torch.testing.assert_close(got.float(), want, rtol=torch.finfo(dtype).eps, atol=1e-6)
             assert (got != rounded).float().mean() < 0.01
 

@@ -73,7 +73,7 @@ def load() -> ModuleType | None:
         return cpp_extension.load(
             name=name,
             sources=[str(source)],
-            extra_cflags=["-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp", "-ffp-contract=fast"],
+            extra_cflags=["-O3", "-march=native", "-fopenmp", "-ffp-contract=fast"],
             extra_ldflags=["-fopenmp"],
             build_directory=str(build),
             verbose=False,
