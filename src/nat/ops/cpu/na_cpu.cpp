@@ -576,16 +576,36 @@ void backward_vec_range(
       // 1. Probabilities P and dS = P * (dO . V - delta), 16 window slots per vector; 0 outside.
       for (int64_t c = 0; c < chunks; ++c) {
         const int64_t base = 16 * c, count = std::min<int64_t>(16, P - base);
-        // (One set of 16 partial-sum vectors at a time: two would spill.)
-        vf16 dots[16];
-        for (int64_t j = 0; j < 16; ++j) {
-          dots[j] = j < count ? qrow.dot(kb + static_cast<int64_t>(nb[base + j]) * ks.n) : vf16{};
+        vf16 logit, dprob;
+        if constexpr (kPairDots<scalar_t, ND>) {
+          // (One set of 16 partial-sum vectors at a time: two would spill.)
+          vf16 dots[16];
+          for (int64_t j = 0; j < 16; ++j) {
+            dots[j] = j < count ? qrow.dot(kb + static_cast<int64_t>(nb[base + j]) * ks.n) : vf16{};
+          }
+          logit = QueryRow<scalar_t, ND>::scaled(hsum16x16(dots), scale);
+          for (int64_t j = 0; j < 16; ++j) {
+            dots[j] = j < count ? grow.dot(vb + static_cast<int64_t>(nb[base + j]) * vs.n) : vf16{};
+          }
+          dprob = hsum16x16(dots);
+        } else {
+          // Logits and dP four slots at a time, interleaved: measured faster here than the
+          // 16-way sums for float32 rows.
+          auto qdot = [&](int64_t j) { return qrow.dot(kb + static_cast<int64_t>(nb[base + j]) * ks.n); };
+          auto gdot = [&](int64_t j) { return grow.dot(vb + static_cast<int64_t>(nb[base + j]) * vs.n); };
+          float lg[16], dg[16];
+          int64_t j = 0;
+          for (; j + 4 <= count; j += 4) {
+            const vf4 l4 = hsum16x4(qdot(j), qdot(j + 1), qdot(j + 2), qdot(j + 3));
+            const vf4 d4 = hsum16x4(gdot(j), gdot(j + 1), gdot(j + 2), gdot(j + 3));
+            std::memcpy(lg + j, &l4, sizeof(l4));
+            std::memcpy(dg + j, &d4, sizeof(d4));
+          }
+          for (; j < count; ++j) lg[j] = hsum16(qdot(j)), dg[j] = hsum16(gdot(j));
+          for (; j < 16; ++j) lg[j] = dg[j] = 0.0f;
+          logit = load16(lg);
+          dprob = load16(dg);
         }
-        vf16 logit = QueryRow<scalar_t, ND>::scaled(hsum16x16(dots), scale);
-        for (int64_t j = 0; j < 16; ++j) {
-          dots[j] = j < count ? grow.dot(vb + static_cast<int64_t>(nb[base + j]) * vs.n) : vf16{};
-        }
-        const vf16 dprob = hsum16x16(dots);
         if (bias) logit += gather_bias(bias, bi + base, count);
         const vi16 keep = chunk_lanes(base, P, ok);
         const vf16 prob = keep ? exp16(logit - l) : vf16{};
