@@ -196,9 +196,12 @@ void backward_kernel(
 // ---- vector fast path: explicit 16-lane float32 vectors (GCC/Clang vector extensions) -------
 // Used when the head dims are 16, 32, 64 or 128, for float32, bfloat16 and float16 inputs:
 // reduced-precision rows are widened to float32 as they are loaded and every sum, the softmax
-// and the gradients are float32; outputs are rounded once, to nearest even. With -march=native
-// these map to AVX-512 registers (or pairs of AVX2 ones); the generic templates above handle
-// everything else.
+// and the gradients are float32; outputs are rounded once, to nearest even. (On CPUs with
+// AVX512-BF16 the bf16 query-key products are exact bf16 pairs summed into float32 by
+// vdpbf16ps.) Each query's window is scored 16 slots per vector, so its max, exponentials and
+// sum are vector operations. With -march=native these map to AVX-512 registers (or pairs of AVX2
+// ones; masked loads and gathers use AVX-512 intrinsics where available, portable code
+// elsewhere); the generic templates above handle everything else.
 
 typedef float vf16 __attribute__((vector_size(64), aligned(4)));
 typedef float vf8 __attribute__((vector_size(32), aligned(4)));
@@ -311,7 +314,8 @@ inline float hmax16(vf16 v) {
   const vf8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7);
   const vf8 b = __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
   const vf8 m8 = a > b ? a : b;
-  const vf4 c = __builtin_shufflevector(m8, m8, 0, 1, 2, 3), d = __builtin_shufflevector(m8, m8, 4, 5, 6, 7);
+  const vf4 c = __builtin_shufflevector(m8, m8, 0, 1, 2, 3);
+  const vf4 d = __builtin_shufflevector(m8, m8, 4, 5, 6, 7);
   const vf4 m4 = c > d ? c : d;
   const float x = m4[0] > m4[1] ? m4[0] : m4[1], y = m4[2] > m4[3] ? m4[2] : m4[3];
   return x > y ? x : y;
@@ -591,8 +595,12 @@ void backward_vec_range(
         } else {
           // Logits and dP four slots at a time, interleaved: measured faster here than the
           // 16-way sums for float32 rows.
-          auto qdot = [&](int64_t j) { return qrow.dot(kb + static_cast<int64_t>(nb[base + j]) * ks.n); };
-          auto gdot = [&](int64_t j) { return grow.dot(vb + static_cast<int64_t>(nb[base + j]) * vs.n); };
+          auto qdot = [&](int64_t j) {
+            return qrow.dot(kb + static_cast<int64_t>(nb[base + j]) * ks.n);
+          };
+          auto gdot = [&](int64_t j) {
+            return grow.dot(vb + static_cast<int64_t>(nb[base + j]) * vs.n);
+          };
           float lg[16], dg[16];
           int64_t j = 0;
           for (; j + 4 <= count; j += 4) {
@@ -635,7 +643,8 @@ void backward_vec_range(
         for (int64_t p = 0; p < P; ++p) drpb_slice[bi[p]] += dss[p];
       }
       if (low.dq) {
-        for (int j = 0; j < ND; ++j) store16(low.dq + (b * H + h) * N * D + n * D + 16 * j, dqv[j] * scale);
+        scalar_t* dq_low = low.dq + ((b * H + h) * N + n) * D;
+        for (int j = 0; j < ND; ++j) store16(dq_low + 16 * j, dqv[j] * scale);
       } else {
         for (int j = 0; j < ND; ++j) store16(dq_slice + n * D + 16 * j, dqv[j] * scale);
       }
@@ -827,7 +836,8 @@ std::vector<torch::Tensor> na_backward(
   const bool low = vec && G == 1 && q.scalar_type() != at::kFloat;
   // Head-major [B, heads, N, D] gradients; the vector path writes every dq row exactly once.
   // dk/dv get one slice per query head (no two threads share one); grouped heads are summed below.
-  auto dq = vec ? torch::empty({low ? 0 : B, H, N, D}, acc_opts) : torch::zeros({B, H, N, D}, acc_opts);
+  auto dq = vec ? torch::empty({low ? 0 : B, H, N, D}, acc_opts)
+                : torch::zeros({B, H, N, D}, acc_opts);
   auto dk = torch::zeros({low ? 0 : B, H, N, D}, acc_opts);
   auto dv = torch::zeros({low ? 0 : B, H, N, Dv}, acc_opts);
   auto drpb = torch::zeros({B, H, rpb ? R : 0}, acc_opts);
