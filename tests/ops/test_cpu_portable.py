@@ -1,0 +1,71 @@
+"""The fused CPU kernel built for a CPU without AVX-512 computes what this machine's build does.
+
+The kernel is compiled with ``-march=native``; on AVX-512 machines its vector path uses AVX-512
+intrinsics (masked loads, gathers, vdpbf16ps), elsewhere portable vector code. This builds the
+same source for x86-64-v3 (AVX2, no AVX-512) and compares the two on causal, dilated and
+grouped-query windows, in every dtype of the vector path. (About a minute: ``-m slow``.)
+"""
+
+from __future__ import annotations
+
+import itertools
+import platform
+
+import pytest
+import torch
+
+from nat.ops import cpu
+from nat.ops.spec import NAParams, neighbor_table
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not cpu.is_available(), reason="the CPU kernel is not built"),
+    pytest.mark.skipif(platform.machine() != "x86_64", reason="builds for x86-64-v3"),
+]
+
+WINDOWS = [
+    ((9, 11), (3, 3), (1, 1), (False, False)),
+    ((13, 14), (7, 7), (1, 2), (False, False)),
+    ((10, 9), (5, 3), (2, 1), (True, False)),
+    ((15, 15), (13, 13), (1, 1), (False, False)),
+]
+
+
+@pytest.fixture(scope="module")
+def portable(tmp_path_factory):
+    from torch.utils import cpp_extension
+
+    build = tmp_path_factory.mktemp("nat_cpu_avx2")
+    module = cpp_extension.load(
+        name="nat_cpu_avx2",
+        sources=[str(cpu._SOURCE)],
+        extra_cflags=["-O3", "-march=x86-64-v3", "-fopenmp", "-ffp-contract=fast"],
+        extra_ldflags=["-fopenmp"],
+        build_directory=str(build),
+    )
+    return module
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_portable_build_matches_native_build(portable, dtype):
+    g = torch.Generator().manual_seed(0)
+    native = cpu.load()
+    tol = {torch.float32: 2e-6, torch.bfloat16: 1e-2, torch.float16: 1e-3}[dtype]
+    for (shape, kernel, dilation, causal), head_dim, heads_kv in itertools.product(
+        WINDOWS, [16, 32, 64], [2, 1]
+    ):
+        params = NAParams(kernel, (1, 1), dilation, causal, head_dim**-0.5)
+        nbr, valid, bidx = neighbor_table(shape, params, torch.device("cpu"))
+        n = shape[0] * shape[1]
+        q = torch.randn(2, n, 2, head_dim, generator=g).to(dtype)
+        k, v = (torch.randn(2, n, heads_kv, head_dim, generator=g).to(dtype) for _ in range(2))
+        rpb = torch.randn(2, (2 * kernel[0] - 1) * (2 * kernel[1] - 1), generator=g).to(dtype)
+        tables = (nbr, bidx, valid)
+        want = native.na_forward(q, k, v, rpb, *tables, params.scale)
+        got = portable.na_forward(q, k, v, rpb, *tables, params.scale)
+        grad = torch.randn(want[0].shape, generator=g).to(dtype)
+        args = (grad, q, k, v, rpb, want[0], want[1], *tables, None, params.scale)
+        want_grads, got_grads = native.na_backward(*args), portable.na_backward(*args)
+        for w, o in zip([*want, *want_grads], [*got, *got_grads], strict=True):
+            scale = w.float().abs().max().clamp_min(1)
+            torch.testing.assert_close(o.float() / scale, w.float() / scale, rtol=tol, atol=tol)
