@@ -6,6 +6,7 @@ N processes and batch B matches one process with batch N*B (same sample order, a
 
 from __future__ import annotations
 
+import atexit
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -63,7 +64,15 @@ def init_distributed(device: str | None = None) -> DistEnv:
         torch.cuda.set_device(dev)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        # Left to interpreter exit, the process group's teardown races its own threads: gloo
+        # then aborts the process ("terminate called without an active exception").
+        atexit.register(_destroy_process_group)
     return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
+
+
+def _destroy_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def barrier(env: DistEnv) -> None:
