@@ -21,8 +21,10 @@ from typing import Any
 __all__ = [
     "CLIError",
     "Parser",
+    "add_overrides",
     "add_run_arguments",
     "build_parser",
+    "collect_overrides",
     "fraction",
     "main",
     "non_negative_int",
@@ -30,6 +32,7 @@ __all__ = [
     "parse_sets",
     "positive_float",
     "positive_int",
+    "saved_config",
 ]
 
 _MAX_MESSAGE = 1000
@@ -90,6 +93,38 @@ def add_run_arguments(parser: argparse.ArgumentParser, set_example: str) -> None
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+Override = tuple[str, Callable[[str], Any], str]
+"""A ``train`` option that overrides one setting of the recipe: (flag, type, help)."""
+
+
+def add_overrides(parser: argparse.ArgumentParser, options: tuple[Override, ...]) -> None:
+    """One option per entry, ``None`` when not given (the recipe's value is kept)."""
+    for flag, type_, help_ in options:
+        parser.add_argument(flag, type=type_, default=None, help=help_)
+
+
+def collect_overrides(
+    args: argparse.Namespace, options: tuple[Override, ...], **flags: Any
+) -> dict[str, Any]:
+    """The settings the command line gives: ``options`` and ``flags`` that were set (not
+    ``None``), then every ``--set KEY=VALUE`` (so ``--set KEY=null`` can set ``None``)."""
+    keys = [flag[2:].replace("-", "_") for flag, _, _ in options]
+    given = {key: getattr(args, key) for key in keys} | flags
+    overrides = {key: value for key, value in given.items() if value is not None}
+    overrides.update(parse_sets(args.set))
+    return overrides
+
+
+def saved_config(checkpoint: str) -> dict[str, Any]:
+    """The settings a training checkpoint was written with (``--resume`` without ``--config``)."""
+    from ..engine import load_checkpoint
+
+    saved = load_checkpoint(checkpoint).get("config")
+    if saved is None:
+        raise CLIError(f"{checkpoint} is not a training checkpoint; cannot resume")
+    return saved
 
 
 def parse_sets(items: list[str]) -> dict[str, Any]:

@@ -6,7 +6,15 @@ import argparse
 import json
 from typing import Any
 
-from . import CLIError, Parser, add_run_arguments, fraction, parse_sets, positive_int
+from . import (
+    Parser,
+    add_overrides,
+    add_run_arguments,
+    collect_overrides,
+    fraction,
+    positive_int,
+    saved_config,
+)
 
 __all__ = ["register"]
 
@@ -55,8 +63,7 @@ def _register_train(actions: argparse._SubParsersAction) -> None:
         "Under torchrun (torchrun --nproc_per_node 8 -m nat detect train ...) it runs DDP.",
     )
     p.add_argument("--config", default=None, help="named recipe (shapes, coco_3x) or YAML file")
-    for flag, type_, help_ in _TRAIN_OVERRIDES:
-        p.add_argument(flag, type=type_, default=None, help=help_)
+    add_overrides(p, _TRAIN_OVERRIDES)
     add_run_arguments(p, "milestones=[8,11]")
     p.set_defaults(func=_train)
 
@@ -108,19 +115,9 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 def _train(args: argparse.Namespace) -> int:
     from ..tasks.detection import DetectConfig, load_config, train
 
-    overrides: dict[str, Any] = {
-        flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_"))
-        for flag, _, _ in _TRAIN_OVERRIDES
-    }
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    overrides.update(parse_sets(args.set))
+    overrides = collect_overrides(args, _TRAIN_OVERRIDES)
     if args.resume and args.config is None:
-        from ..engine import load_checkpoint
-
-        saved = load_checkpoint(args.resume).get("config")
-        if saved is None:
-            raise CLIError(f"{args.resume} is not a training checkpoint; cannot resume")
-        config = DetectConfig.from_dict(saved)
+        config = DetectConfig.from_dict(saved_config(args.resume))
     else:
         config = load_config(args.config or "shapes")
     result = train(config.replace(**overrides), resume=args.resume, progress=not args.no_progress)

@@ -7,7 +7,14 @@ import json
 from typing import Any
 
 from ..files import write_json
-from . import CLIError, add_run_arguments, non_negative_int, parse_sets, positive_int
+from . import (
+    add_overrides,
+    add_run_arguments,
+    collect_overrides,
+    non_negative_int,
+    positive_int,
+    saved_config,
+)
 
 __all__ = ["register"]
 
@@ -56,8 +63,7 @@ def _register_train(commands: argparse._SubParsersAction) -> None:
         help="named recipe or YAML file; default: synthetic without --data, else the paper's "
         "settings (nat.tasks.segmentation.SegmentConfig)",
     )
-    for flag, type_, help_ in _TRAIN_OVERRIDES:
-        p.add_argument(flag, type=type_, default=None, help=help_)
+    add_overrides(p, _TRAIN_OVERRIDES)
     p.add_argument("--pretrained", action="store_true", default=None, help="timm backbone weights")
     add_run_arguments(p, "crop_size=256")
     p.set_defaults(func=_train)
@@ -112,20 +118,9 @@ def _train(args: argparse.Namespace) -> int:
     from ..tasks.segmentation import SegmentConfig, load_config
     from ..tasks.segmentation.train import train
 
-    overrides: dict[str, Any] = {
-        flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_"))
-        for flag, _, _ in _TRAIN_OVERRIDES
-    }
-    overrides["pretrained"] = args.pretrained
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    overrides.update(parse_sets(args.set))
+    overrides = collect_overrides(args, _TRAIN_OVERRIDES, pretrained=args.pretrained)
     if args.resume and args.config is None:
-        from ..engine import load_checkpoint
-
-        saved = load_checkpoint(args.resume).get("config")
-        if saved is None:
-            raise CLIError(f"{args.resume} is not a training checkpoint; cannot resume")
-        config = SegmentConfig.from_dict(saved)
+        config = SegmentConfig.from_dict(saved_config(args.resume))
     elif args.config is None and overrides.get("data") is not None:
         config = SegmentConfig()  # the paper's settings (UPerNet-NAT-Tiny, 160k iterations)
     else:

@@ -8,7 +8,16 @@ import os
 from typing import Any
 
 from ..data import DIGITS, INTERPOLATIONS, is_digits
-from . import CLIError, add_run_arguments, fraction, non_negative_int, parse_sets, positive_int
+from . import (
+    CLIError,
+    add_overrides,
+    add_run_arguments,
+    collect_overrides,
+    fraction,
+    non_negative_int,
+    positive_int,
+    saved_config,
+)
 
 __all__ = ["register"]
 
@@ -57,8 +66,7 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
         help="named recipe (digits, nat_mini, nat_tiny, ...) or YAML file; default: digits for "
         "the digits, else the default settings (nat.tasks.classification.TrainConfig)",
     )
-    for flag, type_, help_ in _TRAIN_OVERRIDES:
-        p.add_argument(flag, type=type_, default=None, help=help_)
+    add_overrides(p, _TRAIN_OVERRIDES)
     p.add_argument("--model-ema", action="store_true", default=None, help="keep an EMA of weights")
     p.add_argument(
         "--pretrained", action="store_true", default=None, help="start from timm weights"
@@ -113,23 +121,17 @@ def _register_predict(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ..tasks.classification import TrainConfig, load_checkpoint, load_config, train
+    from ..tasks.classification import TrainConfig, load_config, train
 
-    overrides: dict[str, Any] = {
-        flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_"))
-        for flag, _, _ in _TRAIN_OVERRIDES
-    }
-    overrides.update(
-        model_ema=args.model_ema, pretrained=args.pretrained, skip_bad_images=args.skip_bad_images
+    overrides = collect_overrides(
+        args,
+        _TRAIN_OVERRIDES,
+        model_ema=args.model_ema,
+        pretrained=args.pretrained,
+        skip_bad_images=args.skip_bad_images,
     )
-    # unset flags (None) keep the recipe's value; --set KEY=null sets None
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    overrides.update(parse_sets(args.set))
     if args.resume and args.config is None:
-        saved = load_checkpoint(args.resume).get("config")
-        if saved is None:
-            raise CLIError(f"{args.resume} is not a training checkpoint; cannot resume")
-        config = TrainConfig.from_dict(saved)
+        config = TrainConfig.from_dict(saved_config(args.resume))
     elif args.config is None and not is_digits(overrides.get("data"), overrides.get("dataset", "")):
         config = TrainConfig()
     else:
