@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import nat
-from nat.ops import dispatch, torch_backend
+from nat.ops import cpu, dispatch, torch_backend
+from nat.ops.spec import NAParams
 
 
 @pytest.fixture
@@ -55,6 +56,17 @@ def test_windows_covering_the_input_take_the_dense_path_for_any_backend(picky_ba
     out = nat.na1d(q, k, v, 3, backend="picky")
     assert picky_backend == []
     torch.testing.assert_close(out, nat.na1d(q, k, v, 3, backend="reference"))
+
+
+@pytest.mark.parametrize(("length", "fused"), [(49, True), (2049, False)])
+def test_the_cpu_backend_keeps_its_fused_backward_on_covering_calls(length, fused):
+    """The dense forward, then the kernel's backward; the GEMMs' backward once tables get big."""
+    query = torch.empty(1, length, 1, 4)
+    params = NAParams((length,), (1,), (1,), (False,), 0.5)
+    implementation = dispatch._implementation("cpu", query, params)
+    assert implementation.forward is torch_backend.dense_forward
+    expected = cpu.na_backward if fused else torch_backend.dense_backward
+    assert implementation.backward is expected
 
 
 def test_attention_dropout_runs_on_the_backend_that_has_it():

@@ -10,7 +10,8 @@ gradient reaching the log-sum-exp when the caller asked for it (``return_lse``);
 register themselves with :func:`register_backend`, with a ``can_run`` check saying per call
 whether they run it (and if not, why): ``"auto"`` takes the best backend whose check passes, an
 explicit ``backend=`` whose check fails raises that reason. Calls whose windows cover the whole
-input go to dense GEMMs here, for every backend; attention dropout goes to a backend that has it.
+input go to dense GEMMs here, for every backend (the ``cpu`` backend keeps its fused backward);
+attention dropout goes to a backend that has it.
 """
 
 from __future__ import annotations
@@ -190,9 +191,12 @@ def _params(kernel_size, stride, dilation, is_causal, scale) -> NAParams:
 
 def _implementation(name: str, query: torch.Tensor, params: NAParams) -> Backend:
     """Backend ``name``'s functions for a call, or the dense path when every window is the whole
-    input (:func:`~nat.ops.spec.covers_input`): then batched GEMMs win on every device, so this
-    is decided here, once, for every backend."""
-    if covers_input(tuple(query.shape[1:-2]), params):
+    input (:func:`~nat.ops.spec.covers_input`): then a batched-GEMM forward wins on every
+    device, so this is decided here, once, for every backend (``cpu`` keeps its own backward)."""
+    spatial = tuple(query.shape[1:-2])
+    if covers_input(spatial, params):
+        if name == "cpu" and math.prod(spatial) ** 2 <= _KERNEL_BACKWARD_MAX_PAIRS:
+            return _DENSE_CPU
         return _DENSE
     return _BACKENDS[name]
 
@@ -448,3 +452,10 @@ _DENSE = Backend(
     dropout=None,
 )
 """Batched GEMMs over the whole input, for calls every window covers (any backend)."""
+_DENSE_CPU = _DENSE._replace(backward=cpu.na_backward)
+"""The dense forward with the fused CPU kernel's backward, for the ``cpu`` backend: measured 1.2-4x
+faster than the batched-GEMM backward (which recomputes the probabilities) at every covering size
+tried, from NAT's 7 x 7 level to 1024 tokens (``docs/benchmarks.md``)."""
+_KERNEL_BACKWARD_MAX_PAIRS = 2**22
+"""Above this many (query, key) pairs the kernel's neighbour tables (9 bytes a pair) would take
+more memory than the GEMMs' score matrix is worth: the batched-GEMM backward runs instead."""
