@@ -118,6 +118,28 @@ def test_forward_features_is_channels_last_at_stride_32():
     assert features.shape == (1, 2, 3, 512)
 
 
+@pytest.mark.parametrize("mode", ["float32", "autocast", "bfloat16", "float16"])
+def test_tokenizer_runs_reduced_precision_convolutions_channels_last(mode):
+    # oneDNN's bf16/fp16 convolutions run ~2x faster on channels-last input; float32 input keeps its
+    # layout (there the other algorithm would change results at rounding level).
+    torch.manual_seed(0)
+    tokenizer = timm.create_model("nat_mini").patch_embed
+    dtype = getattr(torch, mode) if mode != "autocast" else torch.float32
+    tokenizer.to(dtype)
+    seen = []
+    tokenizer.proj[0].register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    x = torch.randn(2, 3, 32, 48, dtype=dtype)
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=mode == "autocast"):
+        out = tokenizer(x)
+        expected = tokenizer.norm(tokenizer.proj(x).permute(0, 2, 3, 1))  # the plain NCHW path
+    if mode == "float32":
+        assert seen[0] is x
+    else:
+        assert seen[0].is_contiguous(memory_format=torch.channels_last)
+        assert seen[0].dtype == (torch.bfloat16 if mode == "autocast" else dtype)
+    torch.testing.assert_close(out, expected)
+
+
 def test_digits_variant_config():
     model = timm.create_model("nat_digits")
     cfg = model.pretrained_cfg
