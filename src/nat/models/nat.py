@@ -49,9 +49,8 @@ def _reduced_precision_cpu(x: torch.Tensor) -> torch.dtype | None:
         return None
     if x.dtype in _REDUCED:
         return x.dtype
-    if torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") in _REDUCED:
-        return torch.get_autocast_dtype("cpu")
-    return None
+    dtype = torch.get_autocast_dtype("cpu")
+    return dtype if torch.is_autocast_enabled("cpu") and dtype in _REDUCED else None
 
 
 class ConvTokenizer(nn.Module):
