@@ -41,7 +41,7 @@ def backward_args() -> dict:
     grad_out = torch.randn_like(out)
     return dict(
         dout=grad_out, q=q, k=k, v=v, rpb=rpb, out=out, lse=lse, nbr=nbr, bidx=bidx, valid=valid
-    ) | {"dlse": torch.randn_like(lse), "scale": scale}
+    ) | {"dlse": torch.randn_like(lse), "scale": scale, "dqkv": None}
 
 
 def test_valid_arguments_run():

@@ -161,3 +161,20 @@ def test_flop_counter_sees_inference_calls_too():
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         nat.na2d(q, q, q, 3)
     assert counter.get_total_flops() == expected_flops(1, (9, 9), 2, 8, 8, (3, 3))
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_eager_inference_skips_the_op_dispatch_under_autocast_too(monkeypatch, autocast):
+    """Same result as through the op, in autocast's dtype, without going through the op."""
+    from nat.ops import dispatch
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 9, 9, 2, 32, generator=g) for _ in "qkv")
+    rpb = torch.randn(2, 5, 5, generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        through_op = nat.na2d(q, k, v, 3, rpb=rpb.requires_grad_()).detach()
+        monkeypatch.setattr(dispatch, "_na_forward", None)  # any call through the op would fail
+        with torch.no_grad():
+            direct = nat.na2d(q, k, v, 3, rpb=rpb)
+    assert direct.dtype == (torch.bfloat16 if autocast else torch.float32)
+    assert torch.equal(direct, through_op)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops import spec
-from ..ops.dispatch import na_op
+from ..ops.dispatch import na_packed_op
 
 __all__ = ["NeighborhoodAttention1D", "NeighborhoodAttention2D", "NeighborhoodAttention3D"]
 
@@ -106,9 +106,8 @@ class _NeighborhoodAttention(nn.Module):
             # F.pad takes (last axis first) pairs; channels come last and are not padded.
             x = F.pad(x, [0, 0, *(p for axis in reversed(pad) for p in (0, axis))])
         qkv = self.qkv(x).unflatten(-1, (3, self.num_heads, self.head_dim))
-        q, k, v = qkv.unbind(-3)
         dropout = self.attn_drop if self.training else 0.0
-        out = na_op(q, k, v, self.rpb, self._params, self.backend, dropout=dropout)
+        out = na_packed_op(qkv, self.rpb, self._params, self.backend, dropout=dropout)
         out = out.flatten(-2)
         if any(pad):
             out = out[(slice(None), *(slice(0, s) for s in spatial))]

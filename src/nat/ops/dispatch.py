@@ -34,6 +34,7 @@ __all__ = [
     "default_backend",
     "na_flops",
     "na_op",
+    "na_packed_op",
     "register_backend",
     "resolve_backend",
     "use_backend",
@@ -58,6 +59,10 @@ class Backend(NamedTuple):
     dropout: Callable | None
     """``dropout(query, key, value, rpb, params, p)``: the forward with attention dropout
     (differentiated by autograd), or ``None`` when the backend has none."""
+    backward_packed: Callable | None = None
+    """``backward_packed(grad_out, qkv, rpb, out, lse, params, grad_lse=None) -> (dqkv, drpb)``
+    for q/k/v packed as ``[B, *spatial, 3, heads, D]``: the gradient as one contiguous tensor of
+    ``qkv``'s shape. ``None``: :attr:`backward`'s three gradients are stacked."""
 
 
 _BACKENDS: dict[str, Backend] = {}
@@ -94,13 +99,16 @@ def register_backend(
     priority: int = 0,
     can_run: Callable[..., str | None] | None = None,
     dropout: Callable | None = None,
+    backward_packed: Callable | None = None,
 ) -> None:
     """Make ``name`` selectable with ``backend=name`` and candidate for ``"auto"``.
 
     ``can_run`` defaults to accepting every call on ``devices``.
     """
     check = device_check(devices) if can_run is None else can_run
-    _BACKENDS[name] = Backend(forward, backward, devices, is_available, priority, check, dropout)
+    _BACKENDS[name] = Backend(
+        forward, backward, devices, is_available, priority, check, dropout, backward_packed
+    )
 
 
 def available_backends(device: torch.device | str | None = None) -> list[str]:
@@ -224,6 +232,34 @@ def _na_forward(
     return out, lse if need_lse else lse.new_empty(0)
 
 
+@torch.library.custom_op("nat::na_packed_forward", mutates_args=())
+def _na_packed_forward(
+    qkv: torch.Tensor,
+    rpb: torch.Tensor | None,
+    kernel_size: list[int],
+    stride: list[int],
+    dilation: list[int],
+    is_causal: list[bool],
+    scale: float,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``nat::na_forward`` on q, k, v packed as ``[B, *spatial, 3, heads, D]``, for autograd."""
+    query, key, value = qkv.unbind(-3)
+    params = _params(kernel_size, stride, dilation, is_causal, scale)
+    with torch.autocast(qkv.device.type, enabled=False):
+        return _implementation(backend, query, params).forward(query, key, value, rpb, params, True)
+
+
+@_na_packed_forward.register_fake
+def _na_packed_forward_fake(qkv, rpb, kernel_size, stride, dilation, is_causal, scale, backend):
+    query = qkv.select(-3, 0)
+    n = math.prod(query.shape[1:-2])
+    lse = query.new_empty(
+        (query.shape[0], query.shape[-2], n), dtype=torch.promote_types(query.dtype, torch.float32)
+    )
+    return query.new_empty(query.shape), lse
+
+
 @_na_forward.register_fake
 def _na_forward_fake(
     query, key, value, rpb, kernel_size, stride, dilation, is_causal, scale, backend, need_lse
@@ -308,6 +344,70 @@ def _backward(ctx, grad_out, grad_lse):
 _na_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
+@torch.library.custom_op("nat::na_packed_backward", mutates_args=())
+def _na_packed_backward(
+    grad_out: torch.Tensor,
+    qkv: torch.Tensor,
+    rpb: torch.Tensor | None,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    kernel_size: list[int],
+    stride: list[int],
+    dilation: list[int],
+    is_causal: list[bool],
+    scale: float,
+    backend: str,
+    grad_lse: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradient of the packed q/k/v (contiguous, ``qkv``'s shape) and rpb's."""
+    params = _params(kernel_size, stride, dilation, is_causal, scale)
+    query, key, value = qkv.unbind(-3)
+    impl = _implementation(backend, query, params)
+    extra = {} if grad_lse is None else {"grad_lse": grad_lse}
+    with torch.autocast(qkv.device.type, enabled=False):
+        if impl.backward_packed is not None:
+            dqkv, drpb = impl.backward_packed(grad_out, qkv, rpb, out, lse, params, **extra)
+        else:
+            dq, dk, dv, drpb = impl.backward(
+                grad_out, query, key, value, rpb, out, lse, params, **extra
+            )
+            dqkv = torch.stack((dq, dk, dv), dim=-3)
+    return dqkv, qkv.new_empty(0) if drpb is None else drpb
+
+
+@_na_packed_backward.register_fake
+def _na_packed_backward_fake(grad_out, qkv, rpb, *args):
+    drpb = qkv.new_empty(0) if rpb is None else rpb.new_empty(rpb.shape)
+    return qkv.new_empty(qkv.shape), drpb
+
+
+def _packed_setup_context(ctx, inputs, output):
+    qkv, rpb, *window = inputs
+    out, lse = output
+    ctx.save_for_backward(qkv, rpb, out, lse)
+    ctx.window = window
+    ctx.has_rpb = rpb is not None
+    ctx.set_materialize_grads(False)
+
+
+def _packed_backward(ctx, grad_out, grad_lse):
+    qkv, rpb, out, lse = ctx.saved_tensors
+    grad_out = torch.zeros_like(out) if grad_out is None else grad_out.contiguous()
+    dqkv, drpb = _na_packed_backward(
+        grad_out,
+        qkv,
+        rpb,
+        out,
+        lse,
+        *ctx.window,
+        None if grad_lse is None else grad_lse.contiguous(),
+    )
+    return dqkv, drpb if ctx.has_rpb else None, None, None, None, None, None, None
+
+
+_na_packed_forward.register_autograd(_packed_backward, setup_context=_packed_setup_context)
+
+
 def na_flops(query_shape, value_shape, kernel_size) -> int:
     """The spec's cost: ``2 * B * heads * N * prod(K) * (D + Dv)`` (QK and AV, 2 per MAC)."""
     batch, heads, dim = query_shape[0], query_shape[-2], query_shape[-1]
@@ -318,6 +418,20 @@ def na_flops(query_shape, value_shape, kernel_size) -> int:
 @register_flop_formula(torch.ops.nat.na_forward)
 def _na_forward_flops(query_shape, key_shape, value_shape, rpb_shape, kernel_size, *args, **kwargs):
     return na_flops(query_shape, value_shape, kernel_size)
+
+
+@register_flop_formula(torch.ops.nat.na_packed_forward)
+def _na_packed_forward_flops(qkv_shape, rpb_shape, kernel_size, *args, **kwargs):
+    query_shape = (*qkv_shape[:-3], *qkv_shape[-2:])
+    return na_flops(query_shape, query_shape, kernel_size)
+
+
+@register_flop_formula(torch.ops.nat.na_packed_backward)
+def _na_packed_backward_flops(
+    grad_shape, qkv_shape, rpb_shape, out_shape_, lse_shape, kernel_size, *args, **kwargs
+):
+    # As for nat::na_backward: twice the forward's products.
+    return 2 * _na_packed_forward_flops(qkv_shape, rpb_shape, kernel_size)
 
 
 @register_flop_formula(torch.ops.nat.na_backward)
@@ -341,8 +455,7 @@ def _plain_eager() -> bool:
     """No compiler tracing and no dispatch mode (FlopCounterMode, fake tensors) is watching."""
     return (
         not torch.compiler.is_compiling()
-        and not torch._C._is_any_autocast_enabled()
-        and (torch.utils._python_dispatch._get_current_dispatch_mode() is None)
+        and torch.utils._python_dispatch._get_current_dispatch_mode() is None
     )
 
 
@@ -382,9 +495,11 @@ def na_op(
     need_lse = needs_grad or return_lse
     if not needs_grad and _plain_eager():
         # Inference in plain eager mode: nothing records the op, so skip its dispatch (~0.1 ms).
-        out, lse = _implementation(name, query, params).forward(
-            query, key, value, rpb, params, need_lse
-        )
+        # Inputs are already in autocast's dtype; like the op, the backend runs without autocast.
+        with torch.autocast(device_type, enabled=False):
+            out, lse = _implementation(name, query, params).forward(
+                query, key, value, rpb, params, need_lse
+            )
         return (out, _lse_heads_last(lse, query)) if return_lse else out
     # q, k and v go in as they are (often strided slices of one qkv projection): the backends
     # read strided rows, which saves three copies per call.
@@ -404,6 +519,50 @@ def na_op(
     return (out, _lse_heads_last(lse, query)) if return_lse else out
 
 
+def na_packed_op(
+    qkv: torch.Tensor,
+    rpb: torch.Tensor | None,
+    params: NAParams,
+    backend: str | None = None,
+    dropout: float = 0.0,
+) -> torch.Tensor:
+    """:func:`na_op` on q, k, v packed as ``[B, *spatial, 3, heads, D]`` (a qkv projection).
+
+    The same output. Under autograd the packed input's gradient comes back as one tensor, which
+    the ``cpu`` kernel writes in place: the three that ``qkv.unbind`` would give autograd to stack
+    (a copy of all three) are never made. Other calls go to :func:`na_op` unchanged.
+    """
+    if qkv.dim() < 4 or qkv.shape[-3] != 3:
+        raise ValueError(
+            f"qkv has shape {tuple(qkv.shape)}; expected [batch, *spatial, 3, heads, head_dim]"
+        )
+    needs_grad = torch.is_grad_enabled() and (
+        qkv.requires_grad or (rpb is not None and rpb.requires_grad)
+    )
+    if not needs_grad or dropout:
+        return na_op(*qkv.unbind(-3), rpb, params, backend, dropout=dropout)
+    device_type = qkv.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        qkv = qkv.to(dtype)
+        rpb = None if rpb is None else rpb.to(dtype)
+    query, key, value = qkv.unbind(-3)
+    name = resolve_backend(backend, qkv.device, (query, key, value, rpb, params))
+    if name == "reference":
+        return reference.na_reference(query, key, value, params, rpb)
+    out, _ = _na_packed_forward(
+        qkv,
+        None if rpb is None else rpb.contiguous(),
+        list(params.kernel_size),
+        list(params.stride),
+        list(params.dilation),
+        list(params.is_causal),
+        params.scale,
+        name,
+    )
+    return out
+
+
 def _lse_heads_last(lse: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
     """The backends' ``[B, heads, N]`` log-sum-exp in NATTEN's layout ``[B, *spatial, heads]``."""
     return lse.transpose(1, 2).reshape(query.shape[:-1])
@@ -416,6 +575,7 @@ register_backend(
     devices=("cpu",),
     is_available=cpu.is_available,
     priority=10,
+    backward_packed=cpu.na_backward_packed,
 )
 register_backend(
     "torch",
@@ -452,7 +612,7 @@ _DENSE = Backend(
     dropout=None,
 )
 """Batched GEMMs over the whole input, for calls every window covers (any backend)."""
-_DENSE_CPU = _DENSE._replace(backward=cpu.na_backward)
+_DENSE_CPU = _DENSE._replace(backward=cpu.na_backward, backward_packed=cpu.na_backward_packed)
 """The dense forward with the fused CPU kernel's backward, for the ``cpu`` backend: measured 1.2-4x
 faster than the batched-GEMM backward (which recomputes the probabilities) at every covering size
 tried, from NAT's 7 x 7 level to 1024 tokens (``docs/benchmarks.md``)."""

@@ -21,7 +21,7 @@ import torch
 from ..spec import NAParams, neighbor_table
 from ..torch_backend import heads_last
 
-__all__ = ["is_available", "load", "na_backward", "na_forward"]
+__all__ = ["is_available", "load", "na_backward", "na_backward_packed", "na_forward"]
 
 _SOURCE = Path(__file__).with_name("na_cpu.cpp")
 _log = logging.getLogger(__name__)
@@ -164,6 +164,7 @@ def na_backward(
         valid,
         None if grad_lse is None else grad_lse.to(lse.dtype).contiguous(),
         params.scale,
+        None,
     )
     return (
         heads_last(dq, query),
@@ -171,3 +172,48 @@ def na_backward(
         heads_last(dv, value),
         None if rpb is None else drpb.to(rpb.dtype).reshape(rpb.shape),
     )
+
+
+def na_backward_packed(
+    grad_out: torch.Tensor,
+    qkv: torch.Tensor,
+    rpb: torch.Tensor | None,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    params: NAParams,
+    grad_lse: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The gradient of a packed ``[B, *spatial, 3, heads, D]`` query/key/value, and rpb's.
+
+    The kernel writes dQ, dK and dV into one contiguous tensor of ``qkv``'s shape, so nothing has
+    to stack them afterwards. Calls the kernel's vector path cannot write that way (float64, a
+    head_dim other than 16, 32, 64 or 128) get :func:`na_backward`'s gradients, stacked.
+    """
+    query, key, value = qkv.unbind(-3)
+    if qkv.dtype not in _PACKED_DTYPES or qkv.shape[-1] not in _PACKED_HEAD_DIMS:
+        dq, dk, dv, drpb = na_backward(grad_out, query, key, value, rpb, out, lse, params, grad_lse)
+        return torch.stack((dq, dk, dv), dim=-3), drpb
+    spatial = tuple(qkv.shape[1:-3])
+    nbr, valid, bias_idx = neighbor_table(spatial, params, qkv.device)
+    dqkv = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
+    *_, drpb = load().na_backward(
+        _rows(grad_out).contiguous(),
+        _rows(query),
+        _rows(key),
+        _rows(value),
+        _rpb_rows(rpb),
+        _rows(out).contiguous(),
+        lse.contiguous(),
+        nbr,
+        bias_idx,
+        valid,
+        None if grad_lse is None else grad_lse.to(lse.dtype).contiguous(),
+        params.scale,
+        dqkv.view(qkv.shape[0], math.prod(spatial), *qkv.shape[-3:]),
+    )
+    return dqkv, None if rpb is None else drpb.to(rpb.dtype).reshape(rpb.shape)
+
+
+_PACKED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_PACKED_HEAD_DIMS = (16, 32, 64, 128)
+"""What :func:`na_backward_packed` sends to the kernel's vector path (``with_vec_dims``)."""

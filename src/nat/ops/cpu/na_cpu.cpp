@@ -516,13 +516,16 @@ void forward_vec(
   });
 }
 
-// bfloat16/float16 gradients written by the kernel itself (head-major like the float32 ones):
-// dQ row by row, dK and dV each (batch, head) slice once it is complete. Null: float32 outputs.
+// Gradients written by the kernel in the input type, through element strides (batch, token,
+// head): dQ row by row, dK and dV each (batch, head) slice once it is complete. bfloat16/float16
+// ones go to head-major buffers; with a packed q/k/v gradient (any type) they go straight into
+// its [B, N, 3, heads, D] buffer. Null: float32 outputs accumulated in place, head-major.
 template <typename scalar_t>
 struct LowGrads {
   scalar_t* dq = nullptr;
   scalar_t* dk = nullptr;
   scalar_t* dv = nullptr;
+  Strides dqs{}, dks{}, dvs{};
 };
 
 template <typename scalar_t, int ND, int NDV>
@@ -643,7 +646,7 @@ void backward_vec_range(
         for (int64_t p = 0; p < P; ++p) drpb_slice[bi[p]] += dss[p];
       }
       if (low.dq) {
-        scalar_t* dq_low = low.dq + ((b * H + h) * N + n) * D;
+        scalar_t* dq_low = low.dq + b * low.dqs.b + n * low.dqs.n + h * low.dqs.h;
         for (int j = 0; j < ND; ++j) store16(dq_low + 16 * j, dqv[j] * scale);
       } else {
         for (int j = 0; j < ND; ++j) store16(dq_slice + n * D + 16 * j, dqv[j] * scale);
@@ -651,10 +654,16 @@ void backward_vec_range(
     }
     // The slice's dK and dV are complete: write them out (rounded, for bf16/fp16).
     if (low.dk) {
-      scalar_t* dk_low = low.dk + (b * H + h) * N * D;
-      scalar_t* dv_low = low.dv + (b * H + h) * N * Dv;
-      for (int64_t i = 0; i < N * D; i += 16) store16(dk_low + i, load16(dk_slice + i));
-      for (int64_t i = 0; i < N * Dv; i += 16) store16(dv_low + i, load16(dv_slice + i));
+      scalar_t* dk_low = low.dk + b * low.dks.b + h * low.dks.h;
+      scalar_t* dv_low = low.dv + b * low.dvs.b + h * low.dvs.h;
+      for (int64_t i = 0; i < N; ++i) {
+        for (int j = 0; j < ND; ++j) {
+          store16(dk_low + i * low.dks.n + 16 * j, load16(dk_slice + i * D + 16 * j));
+        }
+        for (int j = 0; j < NDV; ++j) {
+          store16(dv_low + i * low.dvs.n + 16 * j, load16(dv_slice + i * Dv + 16 * j));
+        }
+      }
     }
   }
 }
@@ -817,7 +826,7 @@ std::vector<torch::Tensor> na_backward(
     torch::Tensor dout, torch::Tensor q, torch::Tensor k, torch::Tensor v,
     c10::optional<torch::Tensor> rpb, torch::Tensor out, torch::Tensor lse, torch::Tensor nbr,
     torch::Tensor bidx, c10::optional<torch::Tensor> valid, c10::optional<torch::Tensor> dlse,
-    double scale) {
+    double scale, c10::optional<torch::Tensor> dqkv) {
   const int64_t P = check_inputs(q, k, v, rpb, nbr, bidx, valid);
   const int64_t B = q.size(0), N = q.size(1), H = q.size(2), D = q.size(3), Dv = v.size(3);
   const int64_t Hkv = k.size(2), G = Hkv ? H / Hkv : 1;
@@ -831,9 +840,21 @@ std::vector<torch::Tensor> na_backward(
   const auto acc_opts = lse.options();
   const bool vec = with_vec_type(q.scalar_type(), [](auto) { return true; }) &&
                    with_vec_dims(D, Dv, [](auto, auto) { return true; });
-  // bf16/fp16 without grouped heads: the kernel writes its gradients in that type (LowGrads);
-  // their dK/dV accumulate in per-thread float32 scratch, float32 ones in place.
-  const bool low = vec && G == 1 && q.scalar_type() != at::kFloat;
+  if (dqkv) {
+    // The gradient of a packed q/k/v projection, written in place: no stack of three afterwards.
+    TORCH_CHECK(vec && G == 1 && D == Dv, "dqkv needs the vector path (float32, bfloat16 or ",
+                "float16; head_dim 16, 32, 64 or 128), equal query and value head dims and as ",
+                "many key as query heads; got ", q.scalar_type(), ", D=", D, ", Dv=", Dv,
+                ", heads=", H, ", heads_kv=", Hkv);
+    check_cpu("dqkv", *dqkv, q.scalar_type());
+    check_shape("dqkv", *dqkv, {B, N, 3, H, D});
+    TORCH_CHECK(dqkv->stride(4) == 1, "dqkv has strides ", dqkv->strides(),
+                "; the kernel needs a contiguous last (head_dim) axis");
+  }
+  // bf16/fp16 without grouped heads, and any packed gradient: the kernel writes its gradients in
+  // the input type (LowGrads); their dK/dV accumulate in per-thread float32 scratch. Other
+  // float32 ones accumulate in place.
+  const bool low = vec && G == 1 && (q.scalar_type() != at::kFloat || dqkv);
   // Head-major [B, heads, N, D] gradients; the vector path writes every dq row exactly once.
   // dk/dv get one slice per query head (no two threads share one); grouped heads are summed below.
   auto dq = vec ? torch::empty({low ? 0 : B, H, N, D}, acc_opts)
@@ -843,10 +864,15 @@ std::vector<torch::Tensor> na_backward(
   auto drpb = torch::zeros({B, H, rpb ? R : 0}, acc_opts);
   const auto rpb_f = rpb && vec ? c10::optional<torch::Tensor>(rpb->to(at::kFloat)) : c10::nullopt;
   torch::Tensor dq_low, dk_low, dv_low;
-  if (low) {
-    dq_low = torch::empty({B, H, N, D}, q.options());
-    dk_low = torch::empty({B, H, N, D}, q.options());
-    dv_low = torch::empty({B, H, N, Dv}, q.options());
+  if (dqkv) {
+    dq_low = dqkv->select(2, 0);
+    dk_low = dqkv->select(2, 1);
+    dv_low = dqkv->select(2, 2);
+  } else if (low) {
+    // Head-major [B, heads, N, D], as [B, N, heads, D] views for their strides.
+    dq_low = torch::empty({B, H, N, D}, q.options()).transpose(1, 2);
+    dk_low = torch::empty({B, H, N, D}, q.options()).transpose(1, 2);
+    dv_low = torch::empty({B, H, N, Dv}, q.options()).transpose(1, 2);
   }
   const bool fast = vec && with_vec_type(q.scalar_type(), [&](auto type) {
     using scalar_t = typename decltype(type)::type;
@@ -859,7 +885,8 @@ std::vector<torch::Tensor> na_backward(
           dq.data_ptr<float>(), dk.data_ptr<float>(), dv.data_ptr<float>(),
           rpb ? drpb.data_ptr<float>() : nullptr,
           low ? LowGrads<scalar_t>{dq_low.data_ptr<scalar_t>(), dk_low.data_ptr<scalar_t>(),
-                                   dv_low.data_ptr<scalar_t>()}
+                                   dv_low.data_ptr<scalar_t>(), strides(dq_low),
+                                   strides(dk_low), strides(dv_low)}
               : LowGrads<scalar_t>{},
           B, N, H, G, P, R, static_cast<float>(scale));
       return true;
@@ -868,7 +895,10 @@ std::vector<torch::Tensor> na_backward(
   auto grouped = [&](const torch::Tensor& g) {
     return G == 1 ? g : g.view({B, Hkv, G, N, g.size(3)}).sum(2);
   };
-  if (fast && low) return {dq_low, dk_low, dv_low, drpb.sum(0)};
+  if (fast && low) {
+    if (dqkv) return {dq_low, dk_low, dv_low, drpb.sum(0)};
+    return {dq_low.transpose(1, 2), dk_low.transpose(1, 2), dv_low.transpose(1, 2), drpb.sum(0)};
+  }
   if (fast) return {dq, grouped(dk), grouped(dv), drpb.sum(0)};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "na_backward", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
