@@ -152,10 +152,11 @@ def graph_nodes(tensor: torch.Tensor) -> set[str]:
 
 
 @pytest.mark.parametrize("module", [nat.NeighborhoodAttention1D, nat.NeighborhoodAttention2D])
-def test_modules_train_through_the_packed_op(module):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_modules_train_through_the_packed_op(module, dtype):
     """No unbind in the graph, so no stack of three gradients in the backward."""
-    layer = module(32, 2, 3)
-    x = torch.randn(2, *(6,) * module.ndim, 32)
+    layer = module(32, 2, 3).to(dtype)
+    x = torch.randn(2, *(6,) * module.ndim, 32, dtype=dtype)
     names = graph_nodes(layer(x))
     assert any("na_packed_forward" in n for n in names), names
     assert not any("Unbind" in n for n in names), names
@@ -163,12 +164,23 @@ def test_modules_train_through_the_packed_op(module):
         torch.testing.assert_close(layer(x), layer.train(False)(x))
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_float32_and_backends_without_a_packed_backward_train_unpacked(backend):
+    """Where the packed gradient does not pay (float32) or no backend writes it (``torch``)."""
+    layer = nat.NeighborhoodAttention2D(32, 2, 3, backend=backend)
+    names = graph_nodes(layer(torch.randn(2, 6, 6, 32)))
+    assert "UnbindBackward0" in names and not any("na_packed" in n for n in names), names
+    if backend == "torch":
+        names = graph_nodes(layer.bfloat16()(torch.randn(2, 6, 6, 32, dtype=torch.bfloat16)))
+        assert "UnbindBackward0" in names, names
+
+
 @pytest.mark.parametrize("dropout", [0.0, 0.5])
 def test_module_gradients_equal_the_unpacked_ones(dropout):
     """The module's parameter gradients, with attention dropout too (which runs unpacked)."""
     torch.manual_seed(0)
-    layer = nat.NeighborhoodAttention2D(32, 2, 5, dilation=2, attn_drop=dropout)
-    x = torch.randn(2, 11, 12, 32)
+    layer = nat.NeighborhoodAttention2D(32, 2, 5, dilation=2, attn_drop=dropout).bfloat16()
+    x = torch.randn(2, 11, 12, 32, dtype=torch.bfloat16)
 
     def unpacked(x):
         qkv = layer.qkv(x).unflatten(-1, (3, 2, 16))
@@ -220,8 +232,8 @@ def test_lse_gradient_through_the_packed_op_matches_the_reference():
 
 
 def test_flop_counter_counts_a_training_step_of_the_module():
-    layer = nat.NeighborhoodAttention2D(32, 2, 3)
-    x = torch.randn(2, 6, 7, 32)
+    layer = nat.NeighborhoodAttention2D(32, 2, 3).bfloat16()
+    x = torch.randn(2, 6, 7, 32, dtype=torch.bfloat16)
     spec = 2 * 2 * 2 * 42 * 9 * (16 + 16)  # 2 * B * heads * N * K^2 * (D + Dv)
     with FlopCounterMode(display=False) as counter:
         layer(x).sum().backward()
@@ -232,8 +244,8 @@ def test_flop_counter_counts_a_training_step_of_the_module():
 
 def test_compiled_module_trains_like_eager():
     torch.manual_seed(0)
-    layer = nat.NeighborhoodAttention2D(32, 2, 3, dilation=2)
-    x = torch.randn(2, 9, 8, 32, requires_grad=True)
+    layer = nat.NeighborhoodAttention2D(32, 2, 3, dilation=2).bfloat16()
+    x = torch.randn(2, 9, 8, 32, requires_grad=True, dtype=torch.bfloat16)
     layer(x).square().sum().backward()
     want = [x.grad.clone(), *(p.grad.clone() for p in layer.parameters())]
     x.grad = None

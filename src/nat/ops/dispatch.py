@@ -528,9 +528,12 @@ def na_packed_op(
 ) -> torch.Tensor:
     """:func:`na_op` on q, k, v packed as ``[B, *spatial, 3, heads, D]`` (a qkv projection).
 
-    The same output. Under autograd the packed input's gradient comes back as one tensor, which
-    the ``cpu`` kernel writes in place: the three that ``qkv.unbind`` would give autograd to stack
-    (a copy of all three) are never made. Other calls go to :func:`na_op` unchanged.
+    The same output. Under autograd, in bfloat16 or float16, on a backend with
+    :attr:`Backend.backward_packed` (``cpu``), the packed input's gradient comes back as one
+    tensor, which the kernel writes in place: the three that ``qkv.unbind`` would give autograd to
+    stack (a copy of all three) are never made. Every other call goes to :func:`na_op` as three
+    tensors: in float32 the kernel's in-place sums are faster in its head-major layout, and
+    ``torch.compile`` fuses the stack that follows (both measured, ``docs/benchmarks.md``).
     """
     if qkv.dim() < 4 or qkv.shape[-3] != 3:
         raise ValueError(
@@ -548,8 +551,12 @@ def na_packed_op(
         rpb = None if rpb is None else rpb.to(dtype)
     query, key, value = qkv.unbind(-3)
     name = resolve_backend(backend, qkv.device, (query, key, value, rpb, params))
-    if name == "reference":
-        return reference.na_reference(query, key, value, params, rpb)
+    if (
+        name == "reference"
+        or qkv.dtype not in (torch.bfloat16, torch.float16)
+        or _implementation(name, query, params).backward_packed is None
+    ):
+        return na_op(query, key, value, rpb, params, name)
     out, _ = _na_packed_forward(
         qkv,
         None if rpb is None else rpb.contiguous(),

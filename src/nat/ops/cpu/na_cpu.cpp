@@ -516,26 +516,29 @@ void forward_vec(
   });
 }
 
-// Gradients written by the kernel in the input type, through element strides (batch, token,
-// head): dQ row by row, dK and dV each (batch, head) slice once it is complete. bfloat16/float16
-// ones go to head-major buffers; with a packed q/k/v gradient (any type) they go straight into
-// its [B, N, 3, heads, D] buffer. Null: float32 outputs accumulated in place, head-major.
-template <typename scalar_t>
-struct LowGrads {
-  scalar_t* dq = nullptr;
-  scalar_t* dk = nullptr;
-  scalar_t* dv = nullptr;
+// The gradients, addressed through element strides (batch, token, head): head-major buffers, or
+// a packed q/k/v gradient's [B, N, 3, heads, D] buffer. float32 ones (Grads32) are written in
+// place: dQ row by row, dK and dV accumulated. bfloat16/float16 ones (LowGrads, null for float32)
+// are written rounded: dQ row by row, dK and dV each (batch, head) slice once it is complete.
+template <typename T>
+struct GradRows {
+  T* dq = nullptr;
+  T* dk = nullptr;
+  T* dv = nullptr;
   Strides dqs{}, dks{}, dvs{};
 };
+using Grads32 = GradRows<float>;
+template <typename scalar_t>
+using LowGrads = GradRows<scalar_t>;
 
 template <typename scalar_t, int ND, int NDV>
 void backward_vec_range(
     const scalar_t* dout, const scalar_t* q, const scalar_t* k, const scalar_t* v, Strides qs,
     Strides ks, Strides vs, const float* rpb,
     const scalar_t* out, const float* lse, const int32_t* nbr, const int32_t* bidx,
-    const bool* valid, const float* dlse, float* dq, float* dk, float* dv, float* drpb,
-    LowGrads<scalar_t> low, int64_t B, int64_t N, int64_t H, int64_t G, int64_t P, int64_t R,
-    float scale, int64_t begin, int64_t end) {
+    const bool* valid, const float* dlse, Grads32 f32, float* drpb, LowGrads<scalar_t> low,
+    int64_t B, int64_t N, int64_t H, int64_t G, int64_t P, int64_t R, float scale, int64_t begin,
+    int64_t end) {
   constexpr int64_t D = 16 * ND, Dv = 16 * NDV;
   const int64_t chunks = (P + 15) / 16;
   std::vector<vf16> s_buf(chunks), dp_buf(chunks);
@@ -552,16 +555,17 @@ void backward_vec_range(
     const int64_t h = work % H;
     const int64_t b = work / H;
     if (low.dk) std::fill(scratch.begin(), scratch.end(), 0.0f);
-    float* dk_slice = low.dk ? scratch.data() : dk + (b * H + h) * N * D;
-    float* dv_slice = low.dk ? scratch.data() + N * D + gap : dv + (b * H + h) * N * Dv;
+    float* dk_slice = low.dk ? scratch.data() : f32.dk + b * f32.dks.b + h * f32.dks.h;
+    float* dv_slice = low.dk ? scratch.data() + N * D + gap : f32.dv + b * f32.dvs.b + h * f32.dvs.h;
+    const int64_t dk_row = low.dk ? D : f32.dks.n, dv_row = low.dk ? Dv : f32.dvs.n;
     const int64_t v_base = b * N * H * Dv + h * Dv;
     const scalar_t* kb = k + b * ks.b + (h / G) * ks.h;
     const scalar_t* vb = v + b * vs.b + (h / G) * vs.h;
     const float* bias = rpb ? rpb + h * R : nullptr;
     float* drpb_slice = drpb ? drpb + (b * H + h) * R : nullptr;
-    // Gradients are [B, heads, N, D]: each slice is contiguous, so the scatter into dK/dV never
-    // hits the 4 KiB store-to-load aliasing that the heads-interleaved layout causes.
-    float* dq_slice = low.dq ? nullptr : dq + (b * H + h) * N * D;
+    // Unpacked float32 gradients are [B, heads, N, D]: each slice is contiguous, so the scatter
+    // into dK/dV never hits the 4 KiB store-to-load aliasing of the [B, N, heads, D] layout.
+    float* dq_slice = low.dq ? nullptr : f32.dq + b * f32.dqs.b + h * f32.dqs.h;
     for (int64_t n = 0; n < N; ++n) {
       const scalar_t* dop = dout + v_base + n * H * Dv;
       const scalar_t* qp = q + b * qs.b + n * qs.n + h * qs.h;
@@ -629,8 +633,8 @@ void backward_vec_range(
       vf16 dqv2[ND] = {};  // a second dQ accumulator (odd slots): the FMAs chain less
       auto scatter = [&](int64_t p, vf16* dq_acc) {
         const scalar_t* kp = kb + static_cast<int64_t>(nb[p]) * ks.n;
-        float* dkp = dk_slice + static_cast<int64_t>(nb[p]) * D;
-        float* dvp = dv_slice + static_cast<int64_t>(nb[p]) * Dv;
+        float* dkp = dk_slice + static_cast<int64_t>(nb[p]) * dk_row;
+        float* dvp = dv_slice + static_cast<int64_t>(nb[p]) * dv_row;
         const float ds = dss[p], prob = probs[p];
         for (int j = 0; j < ND; ++j) {
           dq_acc[j] += ds * load16(kp + 16 * j);
@@ -649,7 +653,7 @@ void backward_vec_range(
         scalar_t* dq_low = low.dq + b * low.dqs.b + n * low.dqs.n + h * low.dqs.h;
         for (int j = 0; j < ND; ++j) store16(dq_low + 16 * j, dqv[j] * scale);
       } else {
-        for (int j = 0; j < ND; ++j) store16(dq_slice + n * D + 16 * j, dqv[j] * scale);
+        for (int j = 0; j < ND; ++j) store16(dq_slice + n * f32.dqs.n + 16 * j, dqv[j] * scale);
       }
     }
     // The slice's dK and dV are complete: write them out (rounded, for bf16/fp16).
@@ -673,13 +677,12 @@ void backward_vec(
     const scalar_t* dout, const scalar_t* q, const scalar_t* k, const scalar_t* v, Strides qs,
     Strides ks, Strides vs, const float* rpb,
     const scalar_t* out, const float* lse, const int32_t* nbr, const int32_t* bidx,
-    const bool* valid, const float* dlse, float* dq, float* dk, float* dv, float* drpb,
-    LowGrads<scalar_t> low, int64_t B, int64_t N, int64_t H, int64_t G, int64_t P, int64_t R,
-    float scale) {
+    const bool* valid, const float* dlse, Grads32 f32, float* drpb, LowGrads<scalar_t> low,
+    int64_t B, int64_t N, int64_t H, int64_t G, int64_t P, int64_t R, float scale) {
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
     backward_vec_range<scalar_t, ND, NDV>(
-        dout, q, k, v, qs, ks, vs, rpb, out, lse, nbr, bidx, valid, dlse, dq, dk, dv, drpb, low, B, N,
-        H, G, P, R, scale, begin, end);
+        dout, q, k, v, qs, ks, vs, rpb, out, lse, nbr, bidx, valid, dlse, f32, drpb, low, B, N, H,
+        G, P, R, scale, begin, end);
   });
 }
 
@@ -851,20 +854,31 @@ std::vector<torch::Tensor> na_backward(
     TORCH_CHECK(dqkv->stride(4) == 1, "dqkv has strides ", dqkv->strides(),
                 "; the kernel needs a contiguous last (head_dim) axis");
   }
-  // bf16/fp16 without grouped heads, and any packed gradient: the kernel writes its gradients in
-  // the input type (LowGrads); their dK/dV accumulate in per-thread float32 scratch. Other
-  // float32 ones accumulate in place.
-  const bool low = vec && G == 1 && (q.scalar_type() != at::kFloat || dqkv);
+  // bf16/fp16 without grouped heads: the kernel writes its gradients in that type (LowGrads);
+  // their dK/dV accumulate in per-thread float32 scratch. float32 ones accumulate in place.
+  const bool low = vec && G == 1 && q.scalar_type() != at::kFloat;
+  const bool packed32 = dqkv && !low;
+  if (packed32) dqkv->narrow(2, 1, 2).zero_();  // dK and dV accumulate in it
   // Head-major [B, heads, N, D] gradients; the vector path writes every dq row exactly once.
   // dk/dv get one slice per query head (no two threads share one); grouped heads are summed below.
-  auto dq = vec ? torch::empty({low ? 0 : B, H, N, D}, acc_opts)
-                : torch::zeros({B, H, N, D}, acc_opts);
-  auto dk = torch::zeros({low ? 0 : B, H, N, D}, acc_opts);
-  auto dv = torch::zeros({low ? 0 : B, H, N, Dv}, acc_opts);
+  const int64_t rows = low || packed32 ? 0 : B;
+  auto dq = vec ? torch::empty({rows, H, N, D}, acc_opts) : torch::zeros({B, H, N, D}, acc_opts);
+  auto dk = torch::zeros({rows, H, N, D}, acc_opts);
+  auto dv = torch::zeros({rows, H, N, Dv}, acc_opts);
+  // What the vector path writes float32 gradients into, as [B, N, heads, D] views.
+  const auto f32_view = [&](const torch::Tensor& head_major, int64_t i) {
+    return packed32 ? dqkv->select(2, i) : head_major.transpose(1, 2);
+  };
+  Grads32 f32{};
+  if (vec && !low) {
+    const torch::Tensor views[3] = {f32_view(dq, 0), f32_view(dk, 1), f32_view(dv, 2)};
+    f32 = {views[0].data_ptr<float>(), views[1].data_ptr<float>(), views[2].data_ptr<float>(),
+           strides(views[0]), strides(views[1]), strides(views[2])};
+  }
   auto drpb = torch::zeros({B, H, rpb ? R : 0}, acc_opts);
   const auto rpb_f = rpb && vec ? c10::optional<torch::Tensor>(rpb->to(at::kFloat)) : c10::nullopt;
   torch::Tensor dq_low, dk_low, dv_low;
-  if (dqkv) {
+  if (dqkv && low) {
     dq_low = dqkv->select(2, 0);
     dk_low = dqkv->select(2, 1);
     dv_low = dqkv->select(2, 2);
@@ -882,8 +896,7 @@ std::vector<torch::Tensor> na_backward(
           v.data_ptr<scalar_t>(), qs, ks, vs, rpb_f ? rpb_f->data_ptr<float>() : nullptr,
           out.data_ptr<scalar_t>(), lse.data_ptr<float>(), table_ptr(nbr), table_ptr(bidx),
           valid ? valid->data_ptr<bool>() : nullptr, dlse ? dlse->data_ptr<float>() : nullptr,
-          dq.data_ptr<float>(), dk.data_ptr<float>(), dv.data_ptr<float>(),
-          rpb ? drpb.data_ptr<float>() : nullptr,
+          f32, rpb ? drpb.data_ptr<float>() : nullptr,
           low ? LowGrads<scalar_t>{dq_low.data_ptr<scalar_t>(), dk_low.data_ptr<scalar_t>(),
                                    dv_low.data_ptr<scalar_t>(), strides(dq_low),
                                    strides(dk_low), strides(dv_low)}
@@ -895,8 +908,10 @@ std::vector<torch::Tensor> na_backward(
   auto grouped = [&](const torch::Tensor& g) {
     return G == 1 ? g : g.view({B, Hkv, G, N, g.size(3)}).sum(2);
   };
+  if (fast && dqkv) {
+    return {dqkv->select(2, 0), dqkv->select(2, 1), dqkv->select(2, 2), drpb.sum(0)};
+  }
   if (fast && low) {
-    if (dqkv) return {dq_low, dk_low, dv_low, drpb.sum(0)};
     return {dq_low.transpose(1, 2), dk_low.transpose(1, 2), dv_low.transpose(1, 2), drpb.sum(0)};
   }
   if (fast) return {dq, grouped(dk), grouped(dv), drpb.sum(0)};
