@@ -97,3 +97,79 @@ def test_triton_without_a_gpu_or_the_interpreter_says_what_it_needs():
     with pytest.raises(ValueError, match=r"backend='triton' is not available on this machine; "
                        r"it runs on cuda \(or on cpu under TRITON_INTERPRET=1\)"):  # fmt: skip
         nat.na1d(q, q, q, 3, backend="triton")
+
+
+@pytest.fixture
+def autograd_backend():
+    """A backend whose gradients come from autograd through its own forward (as flex's do), with
+    a registered backward that must never run."""
+    from nat.ops import reference
+
+    calls = []
+
+    def differentiable(query, key, value, rpb, params):
+        calls.append(torch.is_autocast_enabled("cpu"))
+        out, lse = reference.na_reference(query, key, value, params, rpb, return_lse=True)
+        return out, lse.flatten(1, -2).transpose(1, 2)
+
+    def backward(*args, **kwargs):
+        raise AssertionError("the op's backward ran")
+
+    dispatch.register_backend(
+        "differentiable",
+        torch_backend.na_forward,
+        backward,
+        ("cpu",),
+        autograd_forward=differentiable,
+    )
+    yield calls
+    del dispatch._BACKENDS["differentiable"]
+
+
+def test_gradients_come_from_the_backends_own_autograd(autograd_backend):
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 7, 8, 2, 16, generator=g, requires_grad=True) for _ in "qkv")
+    rpb = torch.randn(2, 5, 5, generator=g, requires_grad=True)
+    inputs = (q, k, v, rpb)
+
+    def loss(backend):
+        out, lse = nat.na2d(q, k, v, 3, dilation=2, rpb=rpb, backend=backend, return_lse=True)
+        return out.sin().sum() + lse.cos().sum()
+
+    got = torch.autograd.grad(loss("differentiable"), inputs)
+    want = torch.autograd.grad(loss("torch"), inputs)
+    for g_, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g_, w)
+    assert autograd_backend == [False]
+    with torch.no_grad():  # inference runs the registered forward, not the differentiable one
+        nat.na2d(q, k, v, 3, backend="differentiable")
+    assert autograd_backend == [False]
+
+
+def test_modules_and_autocast_train_through_the_backends_own_autograd(autograd_backend):
+    layer = nat.NeighborhoodAttention2D(32, 2, 3, backend="differentiable")
+    x = torch.randn(2, 6, 7, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+    out.float().sum().backward()
+    assert autograd_backend == [False]  # autocast is off inside, inputs already cast
+    assert layer.qkv.weight.grad is not None and layer.rpb.grad is not None
+
+
+def test_compiled_training_through_the_backends_own_autograd(autograd_backend):
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 6, 7, 2, 16, generator=g, requires_grad=True)
+
+    def fn(q):
+        return nat.na2d(q, q, q, 3, backend="differentiable").square().sum()
+
+    want = torch.autograd.grad(fn(q), q)[0]
+    got = torch.autograd.grad(torch.compile(fn, fullgraph=True, backend="aot_eager")(q), q)[0]
+    torch.testing.assert_close(got, want)
+
+
+def test_flex_registered_backward_refuses_with_the_way_to_train():
+    from nat.ops import flex
+
+    with pytest.raises(RuntimeError, match=r"call nat.neighborhood_attention \(or a module\)"):
+        flex.na_backward(*(None,) * 7, NAParams((3,), (1,), (1,), (False,), 1.0))

@@ -63,6 +63,11 @@ class Backend(NamedTuple):
     """``backward_packed(grad_out, qkv, rpb, out, lse, params, grad_lse=None) -> (dqkv, drpb)``
     for q/k/v packed as ``[B, *spatial, 3, heads, D]``: the gradient as one contiguous tensor of
     ``qkv``'s shape. ``None``: :attr:`backward`'s three gradients are stacked."""
+    autograd_forward: Callable | None = None
+    """``autograd_forward(query, key, value, rpb, params) -> (out, lse)``, differentiable by
+    autograd, for a backend whose backward is its library's own autograd (FlexAttention's): calls
+    that need gradients run it instead of the registered op. Inside the op nothing could be
+    differentiated: a custom op's implementation runs below autograd, recording no graph."""
 
 
 _BACKENDS: dict[str, Backend] = {}
@@ -100,6 +105,7 @@ def register_backend(
     can_run: Callable[..., str | None] | None = None,
     dropout: Callable | None = None,
     backward_packed: Callable | None = None,
+    autograd_forward: Callable | None = None,
 ) -> None:
     """Make ``name`` selectable with ``backend=name`` and candidate for ``"auto"``.
 
@@ -107,7 +113,15 @@ def register_backend(
     """
     check = device_check(devices) if can_run is None else can_run
     _BACKENDS[name] = Backend(
-        forward, backward, devices, is_available, priority, check, dropout, backward_packed
+        forward,
+        backward,
+        devices,
+        is_available,
+        priority,
+        check,
+        dropout,
+        backward_packed,
+        autograd_forward,
     )
 
 
@@ -493,6 +507,10 @@ def na_op(
         t is not None and t.requires_grad for t in (query, key, value, rpb)
     )
     need_lse = needs_grad or return_lse
+    if needs_grad and (differentiable := _implementation(name, query, params).autograd_forward):
+        with torch.autocast(device_type, enabled=False):
+            out, lse = differentiable(query, key, value, rpb, params)
+        return (out, _lse_heads_last(lse, query)) if return_lse else out
     if not needs_grad and _plain_eager():
         # Inference in plain eager mode: nothing records the op, so skip its dispatch (~0.1 ms).
         # Inputs are already in autocast's dtype; like the op, the backend runs without autocast.
@@ -608,6 +626,7 @@ register_backend(
     devices=("cuda",),
     priority=5,
     can_run=flex.can_run,
+    autograd_forward=flex.na_forward_autograd,
 )
 _DENSE = Backend(
     torch_backend.dense_forward,
