@@ -631,10 +631,12 @@ void backward_vec_range(
       const float* probs = reinterpret_cast<const float*>(s);
       const float* dss = reinterpret_cast<const float*>(dp);
       vf16 dqv2[ND] = {};  // a second dQ accumulator (odd slots): the FMAs chain less
-      auto scatter = [&](int64_t p, vf16* dq_acc) {
+      // dk_r/dv_r: the rows' strides, compile-time constants for contiguous slices (measured
+      // 4-7% faster than runtime strides in float32).
+      auto scatter = [&](int64_t p, vf16* dq_acc, auto dk_r, auto dv_r) {
         const scalar_t* kp = kb + static_cast<int64_t>(nb[p]) * ks.n;
-        float* dkp = dk_slice + static_cast<int64_t>(nb[p]) * dk_row;
-        float* dvp = dv_slice + static_cast<int64_t>(nb[p]) * dv_row;
+        float* dkp = dk_slice + static_cast<int64_t>(nb[p]) * dk_r;
+        float* dvp = dv_slice + static_cast<int64_t>(nb[p]) * dv_r;
         const float ds = dss[p], prob = probs[p];
         for (int j = 0; j < ND; ++j) {
           dq_acc[j] += ds * load16(kp + 16 * j);
@@ -642,9 +644,16 @@ void backward_vec_range(
         }
         for (int j = 0; j < NDV; ++j) store16(dvp + 16 * j, load16(dvp + 16 * j) + prob * dov[j]);
       };
-      int64_t p = 0;
-      for (; p + 2 <= P; p += 2) scatter(p, dqv), scatter(p + 1, dqv2);
-      if (p < P) scatter(p, dqv);
+      auto scatter_all = [&](auto dk_r, auto dv_r) {
+        int64_t p = 0;
+        for (; p + 2 <= P; p += 2) scatter(p, dqv, dk_r, dv_r), scatter(p + 1, dqv2, dk_r, dv_r);
+        if (p < P) scatter(p, dqv, dk_r, dv_r);
+      };
+      if (dk_row == D && dv_row == Dv) {
+        scatter_all(std::integral_constant<int64_t, D>{}, std::integral_constant<int64_t, Dv>{});
+      } else {
+        scatter_all(dk_row, dv_row);
+      }
       for (int j = 0; j < ND; ++j) dqv[j] += dqv2[j];
       if (drpb_slice) {
         for (int64_t p = 0; p < P; ++p) drpb_slice[bi[p]] += dss[p];
@@ -660,12 +669,17 @@ void backward_vec_range(
     if (low.dk) {
       scalar_t* dk_low = low.dk + b * low.dks.b + h * low.dks.h;
       scalar_t* dv_low = low.dv + b * low.dvs.b + h * low.dvs.h;
-      for (int64_t i = 0; i < N; ++i) {
-        for (int j = 0; j < ND; ++j) {
-          store16(dk_low + i * low.dks.n + 16 * j, load16(dk_slice + i * D + 16 * j));
-        }
-        for (int j = 0; j < NDV; ++j) {
-          store16(dv_low + i * low.dvs.n + 16 * j, load16(dv_slice + i * Dv + 16 * j));
+      if (low.dks.n == D && low.dvs.n == Dv) {  // head-major: each slice is contiguous
+        for (int64_t i = 0; i < N * D; i += 16) store16(dk_low + i, load16(dk_slice + i));
+        for (int64_t i = 0; i < N * Dv; i += 16) store16(dv_low + i, load16(dv_slice + i));
+      } else {
+        for (int64_t i = 0; i < N; ++i) {
+          for (int j = 0; j < ND; ++j) {
+            store16(dk_low + i * low.dks.n + 16 * j, load16(dk_slice + i * D + 16 * j));
+          }
+          for (int j = 0; j < NDV; ++j) {
+            store16(dv_low + i * low.dvs.n + 16 * j, load16(dv_slice + i * Dv + 16 * j));
+          }
         }
       }
     }
