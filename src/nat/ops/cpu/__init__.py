@@ -149,6 +149,15 @@ def na_backward(
 
     ``grad_lse`` ``[B, heads, N]`` is the gradient reaching the log-sum-exp, if any.
     """
+    dq, dk, dv, drpb = _kernel_backward(
+        grad_out, query, key, value, rpb, out, lse, params, grad_lse, None
+    )
+    return heads_last(dq, query), heads_last(dk, key), heads_last(dv, value), drpb
+
+
+def _kernel_backward(grad_out, query, key, value, rpb, out, lse, params, grad_lse, dqkv):
+    """The kernel's four gradients (head-major, or views of ``dqkv`` when given), rpb's shaped
+    like it (``None`` without rpb)."""
     spatial = tuple(query.shape[1:-2])
     nbr, valid, bias_idx = neighbor_table(spatial, params, query.device)
     dq, dk, dv, drpb = load().na_backward(
@@ -164,14 +173,9 @@ def na_backward(
         valid,
         None if grad_lse is None else grad_lse.to(lse.dtype).contiguous(),
         params.scale,
-        None,
+        dqkv,
     )
-    return (
-        heads_last(dq, query),
-        heads_last(dk, key),
-        heads_last(dv, value),
-        None if rpb is None else drpb.to(rpb.dtype).reshape(rpb.shape),
-    )
+    return dq, dk, dv, None if rpb is None else drpb.to(rpb.dtype).reshape(rpb.shape)
 
 
 def na_backward_packed(
@@ -193,25 +197,10 @@ def na_backward_packed(
     if qkv.dtype not in _PACKED_DTYPES or qkv.shape[-1] not in _PACKED_HEAD_DIMS:
         dq, dk, dv, drpb = na_backward(grad_out, query, key, value, rpb, out, lse, params, grad_lse)
         return torch.stack((dq, dk, dv), dim=-3), drpb
-    spatial = tuple(qkv.shape[1:-3])
-    nbr, valid, bias_idx = neighbor_table(spatial, params, qkv.device)
     dqkv = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
-    *_, drpb = load().na_backward(
-        _rows(grad_out).contiguous(),
-        _rows(query),
-        _rows(key),
-        _rows(value),
-        _rpb_rows(rpb),
-        _rows(out).contiguous(),
-        lse.contiguous(),
-        nbr,
-        bias_idx,
-        valid,
-        None if grad_lse is None else grad_lse.to(lse.dtype).contiguous(),
-        params.scale,
-        dqkv.view(qkv.shape[0], math.prod(spatial), *qkv.shape[-3:]),
-    )
-    return dqkv, None if rpb is None else drpb.to(rpb.dtype).reshape(rpb.shape)
+    rows = dqkv.view(qkv.shape[0], math.prod(qkv.shape[1:-3]), *qkv.shape[-3:])
+    *_, drpb = _kernel_backward(grad_out, query, key, value, rpb, out, lse, params, grad_lse, rows)
+    return dqkv, drpb
 
 
 _PACKED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
