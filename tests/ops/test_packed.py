@@ -81,20 +81,29 @@ def test_packed_call_under_autocast_casts_like_the_three_tensor_call():
         assert torch.equal(g, w)
 
 
+def kernel_backward_args(name, dtype, rpb=True, dlse=False):
+    """Problem ``name`` packed as ``[B, N, 3, heads, D]`` for the kernel, and the arguments of
+    its ``na_backward`` up to (not including) ``dqkv``."""
+    spatial = PROBLEMS[name][0]
+    qkv, bias, params = make(PROBLEMS[name], dtype, rpb=rpb)
+    qkv = qkv.detach().flatten(1, len(spatial))
+    q, k, v = qkv.unbind(2)
+    nbr, valid, bidx = neighbor_table(spatial, params, qkv.device)
+    rows = None if bias is None else bias.detach().flatten(1)
+    out, lse = cpu.load().na_forward(q, k, v, rows, nbr, bidx, valid, params.scale)
+    grad_lse = torch.randn_like(lse) if dlse else None
+    args = (torch.randn_like(out), q, k, v, rows, out, lse, nbr, bidx, valid, grad_lse)
+    return qkv, (*args, params.scale)
+
+
 @needs_kernel
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_kernel_writes_the_packed_gradient_in_place(dtype):
     """The kernel's dqkv argument: the same gradients as its head-major ones, and lse's too."""
-    qkv, bias, params = make(PROBLEMS["2d causal"], dtype)
-    qkv = qkv.detach().flatten(1, 2)
-    q, k, v = qkv.unbind(2)
-    nbr, valid, bidx = neighbor_table((7, 8), params, qkv.device)
-    rows = bias.detach().flatten(1).float().to(dtype)
-    out, lse = cpu.load().na_forward(q, k, v, rows, nbr, bidx, valid, params.scale)
-    args = (torch.randn_like(out), q, k, v, rows, out, lse, nbr, bidx, valid, torch.randn_like(lse))
-    dq, dk, dv, drpb = cpu.load().na_backward(*args, params.scale, None)
+    qkv, args = kernel_backward_args("2d causal", dtype, dlse=True)
+    dq, dk, dv, drpb = cpu.load().na_backward(*args, None)
     dqkv = torch.full_like(qkv, float("nan"))
-    packed = cpu.load().na_backward(*args, params.scale, dqkv)
+    packed = cpu.load().na_backward(*args, dqkv)
     assert torch.equal(dqkv, torch.stack([g.transpose(1, 2) for g in (dq, dk, dv)], dim=2))
     assert all(p.data_ptr() == dqkv[:, :, i].data_ptr() for i, p in enumerate(packed[:3]))
     assert torch.equal(packed[3], drpb)
@@ -110,24 +119,14 @@ def test_kernel_writes_the_packed_gradient_in_place(dtype):
     ],
 )
 def test_kernel_refuses_a_bad_packed_gradient(change, message):
-    qkv, _, params = make(PROBLEMS["2d causal"], torch.float32, rpb=False)
-    qkv = qkv.detach().flatten(1, 2)
-    q, k, v = qkv.unbind(2)
-    nbr, valid, bidx = neighbor_table((7, 8), params, qkv.device)
-    out, lse = cpu.load().na_forward(q, k, v, None, nbr, bidx, valid, params.scale)
-    args = (torch.randn_like(out), q, k, v, None, out, lse, nbr, bidx, valid, None, params.scale)
+    qkv, args = kernel_backward_args("2d causal", torch.float32, rpb=False)
     with pytest.raises(RuntimeError, match=message):
         cpu.load().na_backward(*args, change(torch.empty_like(qkv)))
 
 
 @needs_kernel
 def test_kernel_refuses_a_packed_gradient_off_its_vector_path():
-    qkv, _, params = make(PROBLEMS["head_dim 8 (stacked)"], torch.float32, rpb=False)
-    qkv = qkv.detach().flatten(1, 2)
-    q, k, v = qkv.unbind(2)
-    nbr, valid, bidx = neighbor_table((6, 7), params, qkv.device)
-    out, lse = cpu.load().na_forward(q, k, v, None, nbr, bidx, valid, params.scale)
-    args = (torch.randn_like(out), q, k, v, None, out, lse, nbr, bidx, valid, None, params.scale)
+    qkv, args = kernel_backward_args("head_dim 8 (stacked)", torch.float32, rpb=False)
     with pytest.raises(RuntimeError, match=r"dqkv needs the vector path .* D=8"):
         cpu.load().na_backward(*args, torch.empty_like(qkv))
 

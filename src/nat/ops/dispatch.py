@@ -497,6 +497,21 @@ def na_op(
         query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
         rpb = None if rpb is None else rpb.to(dtype)
     name = resolve_backend(backend, query.device, (query, key, value, rpb, params), dropout)
+    return _run_resolved(query, key, value, rpb, params, name, return_lse, dropout)
+
+
+def _run_resolved(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    rpb: torch.Tensor | None,
+    params: NAParams,
+    name: str,
+    return_lse: bool = False,
+    dropout: float = 0.0,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """:func:`na_op` once autocast's cast is applied and backend ``name`` resolved for the call."""
+    device_type = query.device.type
     if dropout:
         if return_lse:
             raise ValueError(f"return_lse=True cannot be combined with attention dropout={dropout}")
@@ -574,7 +589,7 @@ def na_packed_op(
         or qkv.dtype not in (torch.bfloat16, torch.float16)
         or _implementation(name, query, params).backward_packed is None
     ):
-        return na_op(query, key, value, rpb, params, name)
+        return _run_resolved(query, key, value, rpb, params, name)
     out, _ = _na_packed_forward(
         qkv,
         None if rpb is None else rpb.contiguous(),
