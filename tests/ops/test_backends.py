@@ -199,6 +199,25 @@ def test_reduced_precision_kernel_is_float32_rounded_once(dtype, head_dim):
             assert (got != rounded).float().mean() < 0.01
 
 
+@pytest.mark.skipif(not cpu.is_available(), reason="the CPU kernel is not built")
+@pytest.mark.parametrize("head_dim", [32, 64])
+def test_bfloat16_kernel_output_rounds_nan_and_every_element_like_torch(head_dim):
+    """The bf16 forward widens and stores value rows as even and odd elements (no shuffles): each
+    element must still come out as the float32 kernel's value rounded, and a NaN as 0x7fc0."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 7, 9, 2, head_dim, generator=g).to(torch.bfloat16) for _ in range(3))
+    v[0, 3, 4, 1, 6] = float("nan")  # an even element of a value row
+    v[1, 2, 2, 0, head_dim - 1] = float("nan")  # an odd one
+    got = nat.na2d(q, k, v, 3, backend="cpu")
+    want = nat.na2d(q.float(), k.float(), v.float(), 3, backend="cpu").to(torch.bfloat16)
+    assert torch.equal(got.isnan(), want.isnan())
+    assert want.isnan()[..., 6].any() and want.isnan()[..., head_dim - 1].any()
+    close = (got.float() - want.float()).abs() <= want.float().abs() * 2**-7 + 1e-6
+    assert torch.equal(close | got.isnan(), torch.ones_like(close))
+    # c10::BFloat16's NaN (torch's vectorised casts may keep a payload instead).
+    assert (got.view(torch.int16)[got.isnan()] == 0x7FC0).all()
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("head_dim", [4, 32])
 def test_strided_slices_of_a_packed_qkv_give_the_contiguous_result(backend, head_dim):
