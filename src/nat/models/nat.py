@@ -128,10 +128,17 @@ class NATBlock(nn.Module):
             self.gamma1 = self.gamma2 = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        attn = self.attn(self.norm1(x))
+        # The residual stream is added and normalised as [B, h*w, C] rows: views, the same
+        # arithmetic. Under torch.compile on the CPU, Inductor gives every 4D intermediate that
+        # flows into a convolution (the next downsampler) a channels-last layout, reading
+        # [B, h, w, C]'s height as channels: the map's height innermost, which every residual and
+        # LayerNorm kernel of the level then read through strided gathers.
+        shape = x.shape
+        x = x.flatten(1, 2)
+        attn = self.attn(self.norm1(x).view(shape)).flatten(1, 2)
         x = x + self.drop_path(attn if self.gamma1 is None else self.gamma1 * attn)
         mlp = self.mlp(self.norm2(x))
-        return x + self.drop_path(mlp if self.gamma2 is None else self.gamma2 * mlp)
+        return (x + self.drop_path(mlp if self.gamma2 is None else self.gamma2 * mlp)).view(shape)
 
 
 class NATLevel(nn.Module):
