@@ -131,8 +131,8 @@ class NATBlock(nn.Module):
         # The residual stream is added and normalised as [B, h*w, C] rows: views, the same
         # arithmetic. Under torch.compile on the CPU, Inductor gives every 4D intermediate that
         # flows into a convolution (the next downsampler) a channels-last layout, reading
-        # [B, h, w, C]'s height as channels: the map's height innermost, which every residual and
-        # LayerNorm kernel of the level then read through strided gathers.
+        # [B, h, w, C]'s height as channels. The height would then be innermost, and every
+        # residual and LayerNorm kernel of the level would read it through strided gathers.
         shape = x.shape
         x = x.flatten(1, 2)
         attn = self.attn(self.norm1(x).view(shape)).flatten(1, 2)
