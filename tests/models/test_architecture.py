@@ -9,7 +9,7 @@ import timm
 import torch
 
 import nat  # noqa: F401  (registers the variants with timm)
-from nat.models import NAT, NATBackbone
+from nat.models import NAT, NATBackbone, NATBlock
 from nat.models.summary import PUBLISHED, count_gmacs, count_params
 
 from .synthetic import published_shapes
@@ -182,3 +182,10 @@ def test_invalid_arguments_are_named(kwargs, message):
     args = dict(embed_dim=32, mlp_ratio=2, depths=(2, 2, 2), num_heads=(2, 4, 8)) | kwargs
     with pytest.raises(ValueError, match=message):
         NAT(**args)
+
+
+@pytest.mark.parametrize("shape", [(2, 30, 32), (2, 5, 6, 16)])
+def test_block_names_a_wrong_input_shape(shape):
+    block = NATBlock(32, 2, kernel_size=3)
+    with pytest.raises(ValueError, match=r"input has shape .*expected channels-last .*dim=32"):
+        block(torch.randn(shape))

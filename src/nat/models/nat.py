@@ -133,6 +133,8 @@ class NATBlock(nn.Module):
         # flows into a convolution (the next downsampler) a channels-last layout, reading
         # [B, h, w, C]'s height as channels. The height would then be innermost, and every
         # residual and LayerNorm kernel of the level would read it through strided gathers.
+        if not isinstance(x, torch.fx.Proxy):
+            self.attn.check_input(x)  # before the flatten, which would hide a wrong shape
         shape = x.shape
         x = x.flatten(1, 2)
         attn = self.attn(self.norm1(x).view(shape)).flatten(1, 2)

@@ -92,13 +92,17 @@ class _NeighborhoodAttention(nn.Module):
             self.kernel_size, self.stride, self.dilation, self.is_causal, self.scale
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, *spatial, dim]`` -> ``[B, *spatial, dim]``."""
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise ``ValueError`` unless ``x`` is ``[B, *spatial, dim]`` (channels last)."""
         if x.dim() != self.ndim + 2 or x.shape[-1] != self.dim:
             raise ValueError(
                 f"input has shape {tuple(x.shape)}; expected channels-last "
                 f"[batch, {self.ndim} spatial axes, dim={self.dim}]"
             )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, *spatial, dim]`` -> ``[B, *spatial, dim]``."""
+        self.check_input(x)
         spatial = x.shape[1:-1]
         window = [k * d for k, d in zip(self.kernel_size, self.dilation, strict=True)]
         pad = [max(0, w - s) for w, s in zip(window, spatial, strict=True)]
