@@ -234,13 +234,17 @@ inline vf16 load16(const c10::BFloat16* p) {
   return v;
 }
 
-// Round to nearest even, NaN to the quiet NaN 0x7fc0: c10::BFloat16's own rounding.
-inline void store16(c10::BFloat16* p, vf16 v) {
+// The bfloat16 bits of each lane, in its low half: rounded to nearest even, NaN to the quiet NaN
+// 0x7fc0 (c10::BFloat16's own rounding).
+inline vu16 bf16_bits(vf16 v) {
   vu16 bits;
   std::memcpy(&bits, &v, sizeof(bits));
   const vu16 rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
-  const vu16 out = v != v ? vu16{} + 0x7fc0u : rounded;
-  *reinterpret_cast<vu16x16_mem*>(p) = __builtin_convertvector(out, vu16x16_mem);
+  return v != v ? vu16{} + 0x7fc0u : rounded;
+}
+
+inline void store16(c10::BFloat16* p, vf16 v) {
+  *reinterpret_cast<vu16x16_mem*>(p) = __builtin_convertvector(bf16_bits(v), vu16x16_mem);
 }
 
 inline vf16 load16(const c10::Half* p) {
@@ -433,16 +437,10 @@ inline void load_split(const c10::BFloat16* p, vf16& even, vf16& odd) {
   odd = reinterpret_cast<vf16>(_mm512_and_si512(raw, _mm512_set1_epi32(-65536)));
 }
 
-// store16's rounding (nearest even, NaN to 0x7fc0) of the lanes load_split gives, stored back
-// interleaved: no shuffle either.
+// The lanes load_split gives, rounded as store16 rounds and stored back interleaved: no shuffle
+// either.
 inline void store_split(c10::BFloat16* p, vf16 even, vf16 odd) {
-  vu16 e, o;
-  std::memcpy(&e, &even, sizeof(e));
-  std::memcpy(&o, &odd, sizeof(o));
-  const vu16 low = even != even ? vu16{} + 0x7fc0u : (e + 0x7fffu + ((e >> 16) & 1u)) >> 16;
-  const vu16 high = odd != odd ? vu16{} + 0x7fc00000u
-                               : (o + 0x7fffu + ((o >> 16) & 1u)) & 0xffff0000u;
-  _mm512_storeu_si512(p, reinterpret_cast<__m512i>(low | high));
+  _mm512_storeu_si512(p, reinterpret_cast<__m512i>(bf16_bits(even) | (bf16_bits(odd) << 16)));
 }
 constexpr bool kHaveSplit = true;
 #else
