@@ -146,3 +146,14 @@ def test_bench_models_onnx_needs_float32_on_the_cpu(capsys):
     argv = ["bench", "models", "--quick", "--onnx", "--dtype", "bfloat16", *FAST]
     assert main(argv) == 2
     assert "onnx rows run in onnxruntime on the CPU" in capsys.readouterr().err
+
+
+def test_bench_models_breakdown_adds_where_the_time_goes(tmp_path, capsys):
+    path = tmp_path / "models.json"
+    argv = ["bench", "models", "--quick", "--models", "test_vit", "--dtype", "float32"]
+    assert main([*argv, "--batch-sizes", "1", "--breakdown", "--json", str(path), *FAST]) == 0
+    rows = {r["task"]: r for r in json.loads(path.read_text())["rows"]}
+    assert list(rows["train"]["breakdown"]["phases"]) == ["forward", "backward", "optimizer"]
+    assert rows["infer_b1"]["breakdown"]["categories"]["matmul"]["calls"] > 0
+    out = capsys.readouterr().out
+    assert "where the time goes" in out and "| phase: optimizer |" in out

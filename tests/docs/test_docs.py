@@ -82,6 +82,12 @@ SMALL: dict[str, tuple[str, str | None]] = {
         f"{FAST}",
         None,
     ),
+    "nat bench models --models nat_tiny,swin_tiny_patch4_window7_224 --dtype bfloat16 "
+    "--breakdown": (
+        f"nat bench models --quick --models test_vit --dtype bfloat16 --batch-sizes 1 --breakdown "
+        f"{FAST}",
+        None,
+    ),
     "nat bench models --dtype float32 --batch-sizes 8": (
         f"nat bench models --quick --dtype float32 --batch-sizes 8 {FAST}",
         None,

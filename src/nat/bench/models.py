@@ -11,6 +11,7 @@ one interleaved group, and every row carries its ratio to the baseline model (Sw
 for the same task. With ``compile``, each model is also wrapped in ``torch.compile`` (Inductor)
 and its inference and training step measured in the same group (tasks ``compiled_infer_b<batch>``
 and ``compiled_train``), with the compile time of each (the first call, untimed in the rows).
+With ``breakdown``, each eager row also carries where its time goes (:mod:`nat.bench.breakdown`).
 
 Each row also carries the model's FLOPs for the call (``torch.utils.flop_counter``: forward for
 inference, forward and backward for training) and its share of the GEMM floor: the time those
@@ -33,6 +34,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 from ..engine import autocast
+from .breakdown import breakdown as time_operators
+from .breakdown import mark
 from .harness import Measurement, load_average, machine_info, measure_group, synchronize
 
 __all__ = [
@@ -108,7 +111,9 @@ def _train_call(
         optimizer.zero_grad(set_to_none=True)
         with _autocast(device, dtype):
             loss = nn.functional.cross_entropy(model(images), labels)
+        mark("backward")
         loss.backward()
+        mark("optimizer")
         optimizer.step()
 
     return call
@@ -194,6 +199,7 @@ def run_models(
     seed: int = 0,
     onnx: bool = False,
     compile: bool = False,
+    breakdown: bool = False,
 ) -> dict:
     """Measure ``models``; returns the JSON-ready result (rows, skipped models, machine, settings).
 
@@ -201,6 +207,9 @@ def run_models(
     model's own (``pretrained_cfg["input_size"]``, 224 for the default models) unless given.
     ``onnx``: also onnxruntime inference rows (float32, CPU; needs the ``export`` extra).
     ``compile``: also rows of each model under ``torch.compile``, with their compile time.
+    ``breakdown``: after the timed repeats, each eager row's call runs twice more under
+    :func:`nat.bench.breakdown.breakdown`, whose result the row carries as ``breakdown``: its
+    time per operator kind (attention, matmul, ...) and per phase, and its top operators.
     """
     device = torch.device(device)
     if onnx and (device.type != "cpu" or torch.float32 not in dtypes):
@@ -223,6 +232,7 @@ def run_models(
     compiled = {name: torch.compile(model) for name, model in loaded.items()} if compile else {}
     steps = len(dtypes) * len(loaded) * len(tasks) * (1 + compile) * (warmup + repeats + 1)
     steps += onnx * len(loaded) * len(batch_sizes) * (warmup + repeats + 1)
+    steps += breakdown * len(dtypes) * len(loaded) * len(tasks) * _BREAKDOWN_RUNS
     rows = []
     gemm_rates: dict[str, float] = {}
     folder = tempfile.TemporaryDirectory(prefix="nat-bench-onnx-")
@@ -268,6 +278,11 @@ def run_models(
             rate = gemm_rates[str(dtype).removeprefix("torch.")] = gemm_rate(device, dtype)
             measured = measure_group(calls, device, repeats, warmup, on_step=bar.update)
             measured |= {k: Measurement(error=e) for k, e in compile_errors.items()}
+            profiles = {}
+            for key, f in calls.items() if breakdown else ():
+                if _runtime(key.split("|")[1]) == "torch" and not measured[key].error:
+                    profiles[key] = time_operators(f, device, repeats=_BREAKDOWN_RUNS)
+                    bar.update(_BREAKDOWN_RUNS)
             for key, m in measured.items():
                 name, task = key.split("|")
                 median_ms = None if m.median_s is None else 1e3 * m.median_s
@@ -288,6 +303,7 @@ def run_models(
                         "gemm_floor_share": _floor_share(flops.get(key), rate, median_ms),
                         "error": m.error,
                     }
+                    | ({"breakdown": profiles[key]} if key in profiles else {})
                 )
     _add_ratios(rows, baseline)
     return {
@@ -304,6 +320,7 @@ def run_models(
             "warmup": warmup,
             "onnx": onnx,
             "compile": compile,
+            "breakdown": breakdown,
             "gemm_rate_flops": gemm_rates,
             "baseline": baseline,
             "target": target,
@@ -317,6 +334,10 @@ def run_models(
         "rows": rows,
         "checks": check_model_targets(rows, baseline, target),
     }
+
+
+_BREAKDOWN_RUNS = 2
+"""Runs of each call under the operator timer (``breakdown``); its numbers are their mean."""
 
 
 def _runtime(task: str) -> str:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .. import files
 
 __all__ = [
+    "breakdown_tables",
     "checks_table",
     "format_result",
     "machine_line",
@@ -216,6 +217,49 @@ def compiled_table(result: dict) -> str:
     return _table(header, lines)
 
 
+def _per_model(
+    label: str, by_model: dict[str, dict], value: Callable[[dict], float | None], fmt: str
+) -> list[str]:
+    cells = [label]
+    for breakdown in by_model.values():
+        v = value(breakdown)
+        cells.append("-" if v is None else fmt.format(v))
+    return cells
+
+
+def breakdown_tables(result: dict) -> str:
+    """Per (dtype, task) with a ``breakdown``: each model's ms per call by operator kind and by
+    phase, the gap between its operators, and its attention and matmul GFLOP."""
+    groups: dict[tuple[str, str], dict[str, dict]] = {}
+    for r in result["rows"]:
+        if r.get("breakdown"):
+            groups.setdefault((r["dtype"], r["task"]), {})[r["model"]] = r["breakdown"]
+    tables = []
+    for (dtype, task), by_model in groups.items():
+        kinds = dict.fromkeys(k for b in by_model.values() for k in b["categories"])
+        phases = dict.fromkeys(p for b in by_model.values() for p in b["phases"])
+        ms = "{:.1f}"
+        lines = [
+            _per_model(k, by_model, lambda b, k=k: b["categories"].get(k, {}).get("ms"), ms)
+            for k in kinds
+        ]
+        lines += [
+            _per_model("all operators", by_model, lambda b: b["ops_ms"], ms),
+            _per_model("between operators", by_model, lambda b: b["gap_ms"], ms),
+            _per_model("wall (timed)", by_model, lambda b: b["wall_ms"], ms),
+        ]
+        if len(phases) > 1:
+            lines += [
+                _per_model(f"phase: {p}", by_model, lambda b, p=p: b["phases"].get(p), ms)
+                for p in phases
+            ]
+        for kind in ("attention", "matmul"):
+            gflop = lambda b, k=kind: b["categories"].get(k, {}).get("gflop")  # noqa: E731
+            lines.append(_per_model(f"{kind} GFLOP", by_model, gflop, "{:.2f}"))
+        tables.append(_table([f"ms per call ({dtype}, {task})", *by_model], lines))
+    return "\n\n".join(tables)
+
+
 def floor_table(result: dict) -> str:
     """Each row's share of the GEMM floor: its FLOPs at the measured matmul rate over its time."""
     rates = result["settings"].get("gemm_rate_flops", {})
@@ -294,6 +338,8 @@ def format_result(result: dict) -> str:
         lines += ["", compiled_table(result)]
     if result["benchmark"] == "models" and settings.get("gemm_rate_flops"):
         lines += ["", floor_table(result)]
+    if settings.get("breakdown"):
+        lines += ["", "where the time goes (operators timed one by one):", breakdown_tables(result)]
     for name, why in result.get("skipped", {}).items():
         lines.append(f"skipped {name}: {why}")
     return "\n".join(lines)

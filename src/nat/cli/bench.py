@@ -157,6 +157,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="also time each model under torch.compile (Inductor), with its compile time",
     )
     models.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also time each eager call's operators one by one: where the time goes, by kind "
+        "(attention, matmul, ...) and phase (forward, backward, optimizer)",
+    )
+    models.add_argument(
         "--batch-sizes",
         type=_positive_ints,
         help="inference batch sizes (default: 1,8; on cuda: 64)",
@@ -301,6 +307,8 @@ def run_models_command(args: argparse.Namespace) -> int:
         words.append("--onnx")
     if args.compile:
         words.append("--compile")
+    if args.breakdown:
+        words.append("--breakdown")
     result = bench_models.run_models(
         names,
         device,
@@ -315,6 +323,7 @@ def run_models_command(args: argparse.Namespace) -> int:
         command=_command(words, args),
         onnx=args.onnx,
         compile=args.compile,
+        breakdown=args.breakdown,
     )
     return _finish(args, result)
 
