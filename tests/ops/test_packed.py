@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 import nat
@@ -138,6 +139,13 @@ def test_packed_call_refuses_a_tensor_without_a_qkv_axis(shape):
         na_packed_op(torch.zeros(shape), None, params)
 
 
+class Watching(TorchDispatchMode):
+    """A dispatch mode that changes nothing: like FlopCounterMode, it makes the op dispatch."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
 def graph_nodes(tensor: torch.Tensor) -> set[str]:
     seen, stack, names = set(), [tensor.grad_fn], set()
     while stack:
@@ -157,8 +165,11 @@ def test_modules_train_through_the_packed_op(module, dtype):
     layer = module(32, 2, 3).to(dtype)
     x = torch.randn(2, *(6,) * module.ndim, 32, dtype=dtype)
     names = graph_nodes(layer(x))
-    assert any("na_packed_forward" in n for n in names), names
+    assert "_EagerPackedNABackward" in names, names  # the packed op's eager autograd
     assert not any("Unbind" in n for n in names), names
+    with Watching():  # where something records the op, the registered op itself runs
+        names = graph_nodes(layer(x))
+    assert any("na_packed_forward" in n for n in names), names
     with torch.no_grad():  # inference keeps the plain call (no autograd op to record)
         torch.testing.assert_close(layer(x), layer.train(False)(x))
 
@@ -168,7 +179,7 @@ def test_float32_and_backends_without_a_packed_backward_train_unpacked(backend):
     """Where the packed gradient does not pay (float32) or no backend writes it (``torch``)."""
     layer = nat.NeighborhoodAttention2D(32, 2, 3, backend=backend)
     names = graph_nodes(layer(torch.randn(2, 6, 6, 32)))
-    assert "UnbindBackward0" in names and not any("na_packed" in n for n in names), names
+    assert "UnbindBackward0" in names and not any("acked" in n for n in names), names
     if backend == "torch":
         names = graph_nodes(layer.bfloat16()(torch.randn(2, 6, 6, 32, dtype=torch.bfloat16)))
         assert "UnbindBackward0" in names, names
@@ -253,3 +264,34 @@ def test_compiled_module_trains_like_eager():
     got = [x.grad, *(p.grad for p in layer.parameters())]
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("shape", [(6, 7), (3, 3)])  # 3 x 3: the window covers the map
+def test_eager_training_skips_the_op_dispatch_with_the_ops_gradients(monkeypatch, dtype, shape):
+    """Plain eager autograd calls the backends directly; outputs and every gradient, the rpb's
+    and the log-sum-exp's included, are bit-identical to the registered ops'."""
+    from nat.ops import dispatch
+
+    torch.manual_seed(0)
+    layer = nat.NeighborhoodAttention2D(32, 2, 3).to(dtype)
+    x = torch.randn(2, *shape, 32, dtype=dtype)
+    q, k, v = (torch.randn(2, *shape, 2, 8, dtype=dtype) for _ in "qkv")
+    rpb = torch.randn(2, 5, 5, dtype=dtype)
+
+    def run():
+        leaves = [t.detach().clone().requires_grad_() for t in (x, q, k, v, rpb)]
+        for p in layer.parameters():
+            p.grad = None
+        out, lse = nat.na2d(*leaves[1:4], 3, rpb=leaves[4], return_lse=True)
+        loss = layer(leaves[0]).square().sum() + out.square().sum() + lse.sin().sum()
+        loss.backward()
+        return [out, lse, *(t.grad for t in leaves), *(p.grad for p in layer.parameters())]
+
+    with Watching():
+        through_ops = run()
+    monkeypatch.setattr(dispatch, "_na_forward", None)  # any call through an op would fail
+    monkeypatch.setattr(dispatch, "_na_packed_forward", None)
+    direct = run()
+    for got, want in zip(direct, through_ops, strict=True):
+        assert torch.equal(got, want)
