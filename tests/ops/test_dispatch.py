@@ -69,6 +69,24 @@ def test_the_cpu_backend_keeps_its_fused_backward_on_covering_calls(length, fuse
     assert implementation.backward is expected
 
 
+@pytest.mark.parametrize(
+    ("length", "dtype", "kernel"),
+    [
+        (49, torch.bfloat16, True),
+        (63, torch.float16, True),
+        (65, torch.bfloat16, False),
+        (49, torch.float32, False),
+    ],
+)
+def test_small_half_precision_covering_calls_take_the_kernels_forward(length, dtype, kernel):
+    """bf16/fp16 up to 64 tokens: the fused kernel's forward beats the dense one there."""
+    query = torch.empty(1, length, 1, 32, dtype=dtype)
+    params = NAParams((length,), (1,), (1,), (False,), 0.5)
+    implementation = dispatch._implementation("cpu", query, params)
+    assert (implementation.forward is cpu.na_forward) == kernel
+    assert implementation.backward is cpu.na_backward
+
+
 def test_attention_dropout_runs_on_the_backend_that_has_it():
     module = nat.NeighborhoodAttention1D(8, 2, 3, attn_drop=0.5, backend="torch").train()
     x = torch.randn(2, 9, 8, requires_grad=True)

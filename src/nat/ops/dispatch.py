@@ -217,7 +217,10 @@ def _implementation(name: str, query: torch.Tensor, params: NAParams) -> Backend
     device, so this is decided here, once, for every backend (``cpu`` keeps its own backward)."""
     spatial = tuple(query.shape[1:-2])
     if covers_input(spatial, params):
-        if name == "cpu" and math.prod(spatial) ** 2 <= _KERNEL_BACKWARD_MAX_PAIRS:
+        tokens = math.prod(spatial)
+        if name == "cpu" and tokens**2 <= _KERNEL_BACKWARD_MAX_PAIRS:
+            if query.dtype in _HALF_TYPES and tokens <= _KERNEL_FORWARD_MAX_TOKENS:
+                return _BACKENDS[name]
             return _DENSE_CPU
         return _DENSE
     return _BACKENDS[name]
@@ -726,6 +729,12 @@ _DENSE_CPU = _DENSE._replace(backward=cpu.na_backward, backward_packed=cpu.na_ba
 """The dense forward with the fused CPU kernel's backward, for the ``cpu`` backend: measured 1.2-4x
 faster than the batched-GEMM backward (which recomputes the probabilities) at every covering size
 tried, from NAT's 7 x 7 level to 1024 tokens (``docs/benchmarks.md``)."""
+_KERNEL_FORWARD_MAX_TOKENS = 64
+"""bf16/fp16 calls the window covers, up to this many tokens, take the fused CPU kernel's forward
+too: 0.49-0.98x the dense forward's time at 25-63 tokens (NAT-Tiny's 7 x 7 level: 0.81x in
+bf16, 0.88x in fp16), level at 81 and 121, 1.1-1.3x at 169 (2 threads, ``docs/benchmarks.md``).
+float32 keeps the dense forward (1.07x faster at 7 x 7)."""
+_HALF_TYPES = (torch.bfloat16, torch.float16)
 _KERNEL_BACKWARD_MAX_PAIRS = 2**22
 """Above this many (query, key) pairs the kernel's neighbour tables (9 bytes a pair) would take
 more memory than the GEMMs' score matrix is worth: the batched-GEMM backward runs instead."""
