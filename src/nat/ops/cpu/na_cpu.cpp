@@ -251,7 +251,7 @@ inline void store16(c10::BFloat16* p, vf16 v) {
 
 // float16 rows convert with vcvtph2ps / vcvtps2ph (AVX-512F, or F16C on AVX2 builds): GCC 12
 // turns the generic conversions into 16 scalar ones and 15 shuffles each way, which made float16
-// calls 3-7x slower than bfloat16 ones. Both convert exactly (and round to nearest even).
+// calls 4-7x slower than bfloat16 ones. Both convert exactly (and round to nearest even).
 inline vf16 load16(const c10::Half* p) {
 #if defined(NAT_AVX512)
   const __m256i half = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
