@@ -226,6 +226,47 @@ def _implementation(name: str, query: torch.Tensor, params: NAParams) -> Backend
     return _BACKENDS[name]
 
 
+def _backend_forward(name, query, key, value, rpb, params, need_lse):
+    """Backend ``name``'s forward for the call, outside autocast (the inputs are already in its
+    dtype): what ``nat::na_forward`` runs, and eager calls that skip the op."""
+    with torch.autocast(query.device.type, enabled=False):
+        return _implementation(name, query, params).forward(
+            query, key, value, rpb, params, need_lse
+        )
+
+
+def _backend_backward(name, grad_out, query, key, value, rpb, out, lse, params, grad_lse):
+    """Backend ``name``'s four gradients, outside autocast (``nat::na_backward``'s body)."""
+    # Only a caller that asked for the log-sum-exp (return_lse) can send a gradient into it.
+    extra = {} if grad_lse is None else {"grad_lse": grad_lse}
+    with torch.autocast(query.device.type, enabled=False):
+        return _implementation(name, query, params).backward(
+            grad_out, query, key, value, rpb, out, lse, params, **extra
+        )
+
+
+def _backend_backward_packed(name, grad_out, qkv, rpb, out, lse, params, grad_lse):
+    """The packed q/k/v's gradient (contiguous, ``qkv``'s shape) and rpb's (``None`` without
+    rpb): the backend's packed backward, or its three gradients stacked."""
+    query, key, value = qkv.unbind(-3)
+    impl = _implementation(name, query, params)
+    if impl.backward_packed is None:
+        dq, dk, dv, drpb = _backend_backward(
+            name, grad_out, query, key, value, rpb, out, lse, params, grad_lse
+        )
+        return torch.stack((dq, dk, dv), dim=-3), drpb
+    extra = {} if grad_lse is None else {"grad_lse": grad_lse}
+    with torch.autocast(qkv.device.type, enabled=False):
+        return impl.backward_packed(grad_out, qkv, rpb, out, lse, params, **extra)
+
+
+def _incoming(grad_out, grad_lse, out):
+    """The gradients autograd hands a backward, as the backends take them: contiguous, and zeros
+    for an output nobody used (``None`` stays ``None`` for the log-sum-exp: backends skip it)."""
+    grad_out = torch.zeros_like(out) if grad_out is None else grad_out.contiguous()
+    return grad_out, None if grad_lse is None else grad_lse.contiguous()
+
+
 @torch.library.custom_op("nat::na_forward", mutates_args=())
 def _na_forward(
     query: torch.Tensor,
@@ -241,10 +282,7 @@ def _na_forward(
     need_lse: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     params = _params(kernel_size, stride, dilation, is_causal, scale)
-    with torch.autocast(query.device.type, enabled=False):
-        out, lse = _implementation(backend, query, params).forward(
-            query, key, value, rpb, params, need_lse
-        )
+    out, lse = _backend_forward(backend, query, key, value, rpb, params, need_lse)
     # Without autograd the log-sum-exp is not needed: an empty tensor stands for it.
     return out, lse if need_lse else lse.new_empty(0)
 
@@ -263,8 +301,7 @@ def _na_packed_forward(
     """``nat::na_forward`` on q, k, v packed as ``[B, *spatial, 3, heads, D]``, for autograd."""
     query, key, value = qkv.unbind(-3)
     params = _params(kernel_size, stride, dilation, is_causal, scale)
-    with torch.autocast(qkv.device.type, enabled=False):
-        return _implementation(backend, query, params).forward(query, key, value, rpb, params, True)
+    return _backend_forward(backend, query, key, value, rpb, params, True)
 
 
 @_na_packed_forward.register_fake
@@ -305,12 +342,9 @@ def _na_backward(
     grad_lse: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     params = _params(kernel_size, stride, dilation, is_causal, scale)
-    # Only a caller that asked for the log-sum-exp (return_lse) can send a gradient into it.
-    extra = {} if grad_lse is None else {"grad_lse": grad_lse}
-    with torch.autocast(query.device.type, enabled=False):
-        dq, dk, dv, drpb = _implementation(backend, query, params).backward(
-            grad_out, query, key, value, rpb, out, lse, params, **extra
-        )
+    dq, dk, dv, drpb = _backend_backward(
+        backend, grad_out, query, key, value, rpb, out, lse, params, grad_lse
+    )
     # Gradients are head-major strided views (see torch_backend.heads_last). Custom ops cannot
     # return None: an empty tensor stands for "no rpb".
     return dq, dk, dv, query.new_empty(0) if drpb is None else drpb
@@ -343,17 +377,9 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_out, grad_lse):
     query, key, value, rpb, out, lse = ctx.saved_tensors
-    grad_out = torch.zeros_like(out) if grad_out is None else grad_out.contiguous()
+    grad_out, grad_lse = _incoming(grad_out, grad_lse, out)
     dq, dk, dv, drpb = _na_backward(
-        grad_out,
-        query,
-        key,
-        value,
-        rpb,
-        out,
-        lse,
-        *ctx.window,
-        None if grad_lse is None else grad_lse.contiguous(),
+        grad_out, query, key, value, rpb, out, lse, *ctx.window, grad_lse
     )
     return dq, dk, dv, drpb if ctx.has_rpb else None, None, None, None, None, None, None, None
 
@@ -378,17 +404,7 @@ def _na_packed_backward(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The gradient of the packed q/k/v (contiguous, ``qkv``'s shape) and rpb's."""
     params = _params(kernel_size, stride, dilation, is_causal, scale)
-    query, key, value = qkv.unbind(-3)
-    impl = _implementation(backend, query, params)
-    extra = {} if grad_lse is None else {"grad_lse": grad_lse}
-    with torch.autocast(qkv.device.type, enabled=False):
-        if impl.backward_packed is not None:
-            dqkv, drpb = impl.backward_packed(grad_out, qkv, rpb, out, lse, params, **extra)
-        else:
-            dq, dk, dv, drpb = impl.backward(
-                grad_out, query, key, value, rpb, out, lse, params, **extra
-            )
-            dqkv = torch.stack((dq, dk, dv), dim=-3)
+    dqkv, drpb = _backend_backward_packed(backend, grad_out, qkv, rpb, out, lse, params, grad_lse)
     return dqkv, qkv.new_empty(0) if drpb is None else drpb
 
 
@@ -409,16 +425,8 @@ def _packed_setup_context(ctx, inputs, output):
 
 def _packed_backward(ctx, grad_out, grad_lse):
     qkv, rpb, out, lse = ctx.saved_tensors
-    grad_out = torch.zeros_like(out) if grad_out is None else grad_out.contiguous()
-    dqkv, drpb = _na_packed_backward(
-        grad_out,
-        qkv,
-        rpb,
-        out,
-        lse,
-        *ctx.window,
-        None if grad_lse is None else grad_lse.contiguous(),
-    )
+    grad_out, grad_lse = _incoming(grad_out, grad_lse, out)
+    dqkv, drpb = _na_packed_backward(grad_out, qkv, rpb, out, lse, *ctx.window, grad_lse)
     return dqkv, drpb if ctx.has_rpb else None, None, None, None, None, None, None
 
 
@@ -432,10 +440,7 @@ class _EagerNA(torch.autograd.Function):
 
     @staticmethod
     def forward(query, key, value, rpb, params, name):
-        with torch.autocast(query.device.type, enabled=False):
-            return _implementation(name, query, params).forward(
-                query, key, value, rpb, params, True
-            )
+        return _backend_forward(name, query, key, value, rpb, params, True)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -447,12 +452,10 @@ class _EagerNA(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out, grad_lse):
         query, key, value, rpb, out, lse = ctx.saved_tensors
-        grad_out = torch.zeros_like(out) if grad_out is None else grad_out.contiguous()
-        extra = {} if grad_lse is None else {"grad_lse": grad_lse.contiguous()}
-        with torch.autocast(query.device.type, enabled=False):
-            dq, dk, dv, drpb = _implementation(ctx.name, query, ctx.params).backward(
-                grad_out, query, key, value, rpb, out, lse, ctx.params, **extra
-            )
+        grad_out, grad_lse = _incoming(grad_out, grad_lse, out)
+        dq, dk, dv, drpb = _backend_backward(
+            ctx.name, grad_out, query, key, value, rpb, out, lse, ctx.params, grad_lse
+        )
         return dq, dk, dv, drpb, None, None
 
 
@@ -461,11 +464,7 @@ class _EagerPackedNA(torch.autograd.Function):
 
     @staticmethod
     def forward(qkv, rpb, params, name):
-        query, key, value = qkv.unbind(-3)
-        with torch.autocast(qkv.device.type, enabled=False):
-            return _implementation(name, query, params).forward(
-                query, key, value, rpb, params, True
-            )
+        return _backend_forward(name, *qkv.unbind(-3), rpb, params, True)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -477,13 +476,10 @@ class _EagerPackedNA(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out, grad_lse):
         qkv, rpb, out, lse = ctx.saved_tensors
-        grad_out = torch.zeros_like(out) if grad_out is None else grad_out.contiguous()
-        extra = {} if grad_lse is None else {"grad_lse": grad_lse.contiguous()}
-        query = qkv.select(-3, 0)
-        with torch.autocast(qkv.device.type, enabled=False):
-            dqkv, drpb = _implementation(ctx.name, query, ctx.params).backward_packed(
-                grad_out, qkv, rpb, out, lse, ctx.params, **extra
-            )
+        grad_out, grad_lse = _incoming(grad_out, grad_lse, out)
+        dqkv, drpb = _backend_backward_packed(
+            ctx.name, grad_out, qkv, rpb, out, lse, ctx.params, grad_lse
+        )
         return dqkv, drpb, None, None
 
 
@@ -591,19 +587,16 @@ def _run_resolved(
         with torch.autocast(device_type, enabled=False):
             out, lse = differentiable(query, key, value, rpb, params)
         return (out, _lse_heads_last(lse, query)) if return_lse else out
-    if not needs_grad and _plain_eager():
-        # Inference in plain eager mode: nothing records the op, so skip its dispatch (~0.1 ms).
-        # Inputs are already in autocast's dtype; like the op, the backend runs without autocast.
-        with torch.autocast(device_type, enabled=False):
-            out, lse = _implementation(name, query, params).forward(
-                query, key, value, rpb, params, need_lse
-            )
-        return (out, _lse_heads_last(lse, query)) if return_lse else out
     # q, k and v go in as they are (often strided slices of one qkv projection): the backends
     # read strided rows, which saves three copies per call.
     contiguous_rpb = None if rpb is None else rpb.contiguous()
     if _plain_eager():
-        out, lse = _EagerNA.apply(query, key, value, contiguous_rpb, params, name)
+        # Nothing records the op, so skip its dispatch (~0.1 ms a call each way). Inputs are
+        # already in autocast's dtype; like the op, the backend runs without autocast.
+        if needs_grad:
+            out, lse = _EagerNA.apply(query, key, value, contiguous_rpb, params, name)
+        else:
+            out, lse = _backend_forward(name, query, key, value, rpb, params, need_lse)
         return (out, _lse_heads_last(lse, query)) if return_lse else out
     out, lse = _na_forward(
         query,
