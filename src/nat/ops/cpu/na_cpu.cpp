@@ -405,7 +405,7 @@ inline vf16 exp16(vf16 x) {
 
 // A float32 buffer whose data start on a 64-byte boundary, so that its 16-lane rows each lie in
 // one cache line. std::vector's data start 16 bytes past one: every row access to the bf16/fp16
-// backward's dK/dV scratch was split over two lines (aligning it made those calls 10-14% faster).
+// backward's dK/dV scratch was split over two lines (aligning it made those calls 10-13% faster).
 struct AlignedFloats {
   std::vector<float> raw;
   float* data;
