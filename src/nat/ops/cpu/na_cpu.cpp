@@ -496,6 +496,22 @@ constexpr bool kHaveSplit = false;
 template <typename scalar_t, int NDV>
 constexpr bool kSplitRows = kHaveSplit && std::is_same_v<scalar_t, c10::BFloat16> && NDV % 2 == 0;
 
+// a[0..N) += w * the row at p: widened by load_split into its even/odd lane order (kSplit, bf16
+// rows of 32 or more) or by load16 in element order.
+template <bool kSplit, int N, typename scalar_t>
+inline void add_row(vf16* a, float w, const scalar_t* p) {
+  if constexpr (kSplit) {
+    for (int j = 0; j < N; j += 2) {
+      vf16 even, odd;
+      load_split(p + 16 * j, even, odd);
+      a[j] += w * even;
+      a[j + 1] += w * odd;
+    }
+  } else {
+    for (int j = 0; j < N; ++j) a[j] += w * load16(p + 16 * j);
+  }
+}
+
 // o = sum over the window of w[p] * V[nb[p]], in float32 (bf16 rows of 32 or more in load_split's
 // lane order, each element summed exactly as through load16). (Rounding the weights to bf16 for
 // vdpbf16ps was tried: no faster here, and less exact.)
@@ -506,16 +522,7 @@ void weighted_rows(const float* wf, int64_t P, const int32_t* nb, const scalar_t
   vf16 acc[4][NDV] = {};
   int64_t p = 0;
   auto row = [&](const scalar_t* vp, float w, vf16* a) {
-    if constexpr (kSplitRows<scalar_t, NDV>) {
-      for (int j = 0; j < NDV; j += 2) {
-        vf16 e, o;
-        load_split(vp + 16 * j, e, o);
-        a[j] += w * e;
-        a[j + 1] += w * o;
-      }
-    } else {
-      for (int j = 0; j < NDV; ++j) a[j] += w * load16(vp + 16 * j);
-    }
+    add_row<kSplitRows<scalar_t, NDV>, NDV>(a, w, vp);
   };
   for (; p + 4 <= P; p += 4) {
     for (int u = 0; u < 4; ++u) {
@@ -733,16 +740,7 @@ void backward_vec_range(
         float* dkp = dk_slice + static_cast<int64_t>(nb[p]) * dk_r;
         float* dvp = dv_slice + static_cast<int64_t>(nb[p]) * dv_r;
         const float ds = dss[p], prob = probs[p];
-        if constexpr (kSplit) {
-          for (int j = 0; j < ND; j += 2) {
-            vf16 even, odd;
-            load_split(kp + 16 * j, even, odd);
-            dq_acc[j] += ds * even;
-            dq_acc[j + 1] += ds * odd;
-          }
-        } else {
-          for (int j = 0; j < ND; ++j) dq_acc[j] += ds * load16(kp + 16 * j);
-        }
+        add_row<kSplit, ND>(dq_acc, ds, kp);
         for (int j = 0; j < ND; ++j) store16(dkp + 16 * j, load16(dkp + 16 * j) + ds * qv[j]);
         for (int j = 0; j < NDV; ++j) store16(dvp + 16 * j, load16(dvp + 16 * j) + prob * dov[j]);
       };
