@@ -512,6 +512,17 @@ inline void add_row(vf16* a, float w, const scalar_t* p) {
   }
 }
 
+// The row v[0..N) stored at p: rounded and interleaved back from load_split's lane order (kSplit)
+// or stored by store16 in element order.
+template <bool kSplit, int N, typename scalar_t>
+inline void store_row(scalar_t* p, const vf16* v) {
+  if constexpr (kSplit) {
+    for (int j = 0; j < N; j += 2) store_split(p + 16 * j, v[j], v[j + 1]);
+  } else {
+    for (int j = 0; j < N; ++j) store16(p + 16 * j, v[j]);
+  }
+}
+
 // o = sum over the window of w[p] * V[nb[p]], in float32 (bf16 rows of 32 or more in load_split's
 // lane order, each element summed exactly as through load16). (Rounding the weights to bf16 for
 // vdpbf16ps was tried: no faster here, and less exact.)
@@ -586,12 +597,8 @@ void forward_vec_range(
       vf16 o[NDV];
       weighted_rows<scalar_t, NDV>(reinterpret_cast<const float*>(s), P, nb, vb, vs.n, o);
       const float inv = 1.0f / sum;
-      scalar_t* op = out + ((b * N + n) * H + h) * Dv;
-      if constexpr (kSplitRows<scalar_t, NDV>) {
-        for (int j = 0; j < NDV; j += 2) store_split(op + 16 * j, o[j] * inv, o[j + 1] * inv);
-      } else {
-        for (int j = 0; j < NDV; ++j) store16(op + 16 * j, o[j] * inv);
-      }
+      for (int j = 0; j < NDV; ++j) o[j] *= inv;
+      store_row<kSplitRows<scalar_t, NDV>, NDV>(out + ((b * N + n) * H + h) * Dv, o);
       lse[(b * H + h) * N + n] = mx + std::log(sum);
     }
   }
@@ -758,45 +765,27 @@ void backward_vec_range(
       if (drpb_slice) {
         for (int64_t p = 0; p < P; ++p) drpb_slice[bi[p]] += dss[p];
       }
+      for (int j = 0; j < ND; ++j) dqv[j] *= scale;
       if (low.dq) {
-        scalar_t* dq_low = low.dq + b * low.dqs.b + n * low.dqs.n + h * low.dqs.h;
-        if constexpr (kSplit) {
-          for (int j = 0; j < ND; j += 2) {
-            store_split(dq_low + 16 * j, dqv[j] * scale, dqv[j + 1] * scale);
-          }
-        } else {
-          for (int j = 0; j < ND; ++j) store16(dq_low + 16 * j, dqv[j] * scale);
-        }
+        store_row<kSplit, ND>(low.dq + b * low.dqs.b + n * low.dqs.n + h * low.dqs.h, dqv);
       } else {
-        for (int j = 0; j < ND; ++j) store16(dq_slice + n * f32.dqs.n + 16 * j, dqv[j] * scale);
+        store_row<false, ND>(dq_slice + n * f32.dqs.n, dqv);
       }
     }
     // The slice's dK and dV are complete: write them out (rounded, for bf16/fp16).
     if (low.dk) {
       scalar_t* dk_low = low.dk + b * low.dks.b + h * low.dks.h;
       scalar_t* dv_low = low.dv + b * low.dvs.b + h * low.dvs.h;
-      if constexpr (kSplit) {
-        for (int64_t i = 0; i < N; ++i) {
-          for (int j = 0; j < ND; j += 2) {
-            store_split(dk_low + i * low.dks.n + 16 * j, load16(dk_slice + i * D + 16 * j),
-                        load16(dk_slice + i * D + 16 * j + 16));
-          }
-          for (int j = 0; j < NDV; j += 2) {
-            store_split(dv_low + i * low.dvs.n + 16 * j, load16(dv_slice + i * Dv + 16 * j),
-                        load16(dv_slice + i * Dv + 16 * j + 16));
-          }
-        }
-      } else if (low.dks.n == D && low.dvs.n == Dv) {  // head-major: each slice is contiguous
+      if (!kSplit && low.dks.n == D && low.dvs.n == Dv) {  // head-major: contiguous slices
         for (int64_t i = 0; i < N * D; i += 16) store16(dk_low + i, load16(dk_slice + i));
         for (int64_t i = 0; i < N * Dv; i += 16) store16(dv_low + i, load16(dv_slice + i));
       } else {
         for (int64_t i = 0; i < N; ++i) {
-          for (int j = 0; j < ND; ++j) {
-            store16(dk_low + i * low.dks.n + 16 * j, load16(dk_slice + i * D + 16 * j));
-          }
-          for (int j = 0; j < NDV; ++j) {
-            store16(dv_low + i * low.dvs.n + 16 * j, load16(dv_slice + i * Dv + 16 * j));
-          }
+          vf16 rk[ND], rv[NDV];
+          for (int j = 0; j < ND; ++j) rk[j] = load16(dk_slice + i * D + 16 * j);
+          for (int j = 0; j < NDV; ++j) rv[j] = load16(dv_slice + i * Dv + 16 * j);
+          store_row<kSplit, ND>(dk_low + i * low.dks.n, rk);
+          store_row<kSplit, NDV>(dv_low + i * low.dvs.n, rv);
         }
       }
     }
@@ -814,19 +803,18 @@ void backward_vec(
   // load_split (one shift or mask per 16 elements instead of a shuffle and a shift) and dQ, dK and
   // dV accumulate in its lane order, rounded back interleaved. Bit-identical, 2-5% faster.
   constexpr bool kSplit = kSplitRows<scalar_t, ND> && kSplitRows<scalar_t, NDV>;
-  if (kSplit && low.dk) {
+  auto run = [&](auto split) {
     at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
-      backward_vec_range<scalar_t, ND, NDV, kSplit>(
+      backward_vec_range<scalar_t, ND, NDV, decltype(split)::value>(
           dout, q, k, v, qs, ks, vs, rpb, out, lse, nbr, bidx, valid, dlse, f32, drpb, low, B, N,
           H, G, P, R, scale, begin, end);
     });
-    return;
+  };
+  if (low.dk) {
+    run(std::bool_constant<kSplit>{});
+  } else {
+    run(std::false_type{});
   }
-  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
-    backward_vec_range<scalar_t, ND, NDV>(
-        dout, q, k, v, qs, ks, vs, rpb, out, lse, nbr, bidx, valid, dlse, f32, drpb, low, B, N, H,
-        G, P, R, scale, begin, end);
-  });
 }
 
 // Calls fn(ND, NDV) as integral constants for the vector path's head dims; false otherwise.
