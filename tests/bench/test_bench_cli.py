@@ -1,6 +1,7 @@
 """``nat bench`` runs end to end on tiny inputs and writes valid JSON and plots."""
 
 import json
+import platform
 
 import pytest
 import torch
@@ -70,6 +71,10 @@ def test_bench_models_quick_writes_json(tmp_path):
         ("test_vit", "train"),
     }
     assert all(r["median_ms"] > 0 and r["peak_bytes"] > 0 for r in result["rows"])
+    if platform.libc_ver()[0] == "glibc":  # the default pins malloc, and says so
+        assert "--malloc pinned" in result["command"]
+        assert result["machine"]["malloc"].startswith("glibc pinned")
+        assert all(r["page_faults"] >= 0 for r in result["rows"])
     assert all(r["gemm_floor_share"] > 0 and r["flops"] > 0 for r in result["rows"])
 
 

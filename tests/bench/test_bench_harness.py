@@ -1,8 +1,14 @@
 """The harness measures what it says: repeats, interleaving, peak memory, errors."""
 
+import platform
+import subprocess
+import sys
+import textwrap
+
+import pytest
 import torch
 
-from nat.bench.harness import machine_info, measure_group, peak_memory
+from nat.bench.harness import machine_info, measure_group, peak_memory, resource
 
 MIB = 2**20
 
@@ -52,3 +58,49 @@ def test_machine_info_names_cpu_threads_and_torch():
     info = machine_info(torch.device("cpu"))
     assert info["cpu"] and info["torch_threads"] == torch.get_num_threads()
     assert info["torch"] == torch.__version__
+
+
+needs_glibc = pytest.mark.skipif(
+    platform.libc_ver()[0] != "glibc" or resource is None, reason="needs glibc and getrusage"
+)
+
+
+@needs_glibc
+def test_measure_group_counts_each_timed_calls_page_faults():
+    # 64 MiB is above any mmap threshold: every call maps (and faults in) fresh pages.
+    def fresh():
+        torch.ones(64 * MIB, dtype=torch.uint8)
+
+    results = measure_group(
+        {"fresh": fresh, "idle": lambda: None}, torch.device("cpu"), repeats=3, warmup=1
+    )
+    assert len(results["fresh"].page_faults) == 3
+    assert results["fresh"].median_page_faults >= 64 * MIB / 4096 / 4
+    assert results["idle"].median_page_faults < 64
+
+
+@needs_glibc
+def test_pin_malloc_serves_large_blocks_from_the_heap():
+    # In a fresh process, by the addresses: before pinning, a 16 MiB block is mapped on its own
+    # (above the heap's end); after it, the block comes from the heap.
+    script = textwrap.dedent(
+        """
+        import ctypes, torch
+        from nat.bench.harness import machine_info, pin_malloc
+        libc = ctypes.CDLL(None)
+        libc.malloc.restype = libc.sbrk.restype = ctypes.c_void_p
+        libc.free.argtypes = [ctypes.c_void_p]
+        libc.sbrk.argtypes = [ctypes.c_ssize_t]
+        size = 16 << 20
+        before = libc.malloc(size)
+        mapped_before = before > libc.sbrk(0)
+        libc.free(before)
+        state = pin_malloc()
+        block = libc.malloc(size)
+        in_heap = block < libc.sbrk(0)
+        libc.free(block)
+        print(mapped_before, in_heap, machine_info(torch.device("cpu"))["malloc"] == state)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "True", "True"]

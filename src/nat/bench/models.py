@@ -295,6 +295,7 @@ def run_models(
                         "img_size": _input_size(loaded[name], img_size)[-1],
                         "median_ms": median_ms,
                         "times_ms": [1e3 * t for t in m.times_s],
+                        "page_faults": m.median_page_faults,
                         "images_per_s": None if not median_ms else batches[key] / median_ms * 1e3,
                         "runtime": _runtime(task),
                         "peak_bytes": None if task.startswith("onnx") else m.peak_bytes,

@@ -378,6 +378,7 @@ def _shape_rows(
                     "mode": mode,
                     "median_ms": median_ms,
                     "times_ms": [1e3 * t for t in m.times_s],
+                    "page_faults": m.median_page_faults,
                     "peak_bytes": m.peak_bytes,
                     "ratio_to_wsa": _ratio(median_ms, wsa_ms),
                     "memory_ratio_to_wsa": _ratio(

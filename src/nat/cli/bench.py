@@ -74,6 +74,13 @@ def _common(parser: argparse.ArgumentParser, repeats: int) -> None:
     parser.add_argument(
         "--warmup", type=non_negative_int, help="untimed warm-up calls first (default: 2)"
     )
+    parser.add_argument(
+        "--malloc",
+        choices=("pinned", "default"),
+        help="pinned: fix glibc malloc's mmap/trim thresholds first, so that no model's "
+        "timing depends on what the process allocated before it (see nat.bench.harness."
+        "pin_malloc); default: leave them adaptive (default: pinned where the C library is glibc)",
+    )
     parser.add_argument("--json", type=Path, metavar="PATH", help="write all results as JSON")
     parser.add_argument("--plot", type=Path, metavar="PATH", help="draw the results (PNG)")
     parser.add_argument(
@@ -182,8 +189,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _setup(args: argparse.Namespace) -> torch.device:
+    import platform
+
+    from ..bench.harness import pin_malloc
+
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if args.malloc == "pinned" or (args.malloc is None and platform.libc_ver()[0] == "glibc"):
+        try:
+            pin_malloc()
+        except RuntimeError as err:
+            raise CLIError(f"--malloc=pinned: {err}") from None
+        args.malloc = "pinned"
+    else:
+        args.malloc = "default"
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CLIError(f"--device={args.device}: CUDA is not available")
@@ -205,6 +224,7 @@ def _finish(args: argparse.Namespace, result: dict) -> int:
 
 def _command(words: list[str], args: argparse.Namespace) -> str:
     """The command that repeats this run, every setting spelled out."""
+    words += ["--malloc", args.malloc]
     if args.json:
         words += ["--json", str(args.json)]
     if args.plot:
