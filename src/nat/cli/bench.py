@@ -189,20 +189,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _setup(args: argparse.Namespace) -> torch.device:
-    import platform
-
     from ..bench.harness import pin_malloc
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    if args.malloc == "pinned" or (args.malloc is None and platform.libc_ver()[0] == "glibc"):
+    if args.malloc != "default":  # pinned, asked for or (unset) wherever pin_malloc can
         try:
             pin_malloc()
+            args.malloc = "pinned"
         except RuntimeError as err:
-            raise CLIError(f"--malloc=pinned: {err}") from None
-        args.malloc = "pinned"
-    else:
-        args.malloc = "default"
+            if args.malloc == "pinned":
+                raise CLIError(f"--malloc=pinned: {err}") from None
+            args.malloc = "default"
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CLIError(f"--device={args.device}: CUDA is not available")
