@@ -137,7 +137,10 @@ def test_tokenizer_runs_reduced_precision_convolutions_channels_last(mode):
     else:
         assert seen[0].is_contiguous(memory_format=torch.channels_last)
         assert seen[0].dtype == (torch.bfloat16 if mode == "autocast" else dtype)
-    torch.testing.assert_close(out, expected)
+    # Where oneDNN picks another float16 algorithm for the channels-last input (a Zen 3 EPYC,
+    # without AVX-512), one element in 12,288 came out 7 float16 ulps off after the LayerNorm.
+    tolerance = {"rtol": 1e-2, "atol": 1e-3} if mode == "float16" else {}
+    torch.testing.assert_close(out, expected, **tolerance)
 
 
 def test_digits_variant_config():

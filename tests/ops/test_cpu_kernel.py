@@ -6,6 +6,9 @@ caller that gets it wrong meets an error instead of reading outside a tensor.
 
 from __future__ import annotations
 
+import platform
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -134,3 +137,15 @@ def test_backward_refuses(name, change, message):
     args[name] = change(args[name])
     with pytest.raises(RuntimeError, match=message):
         cpu.load().na_backward(*args.values())
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="reads x86 CPU flags")
+def test_native_build_uses_16_lanes_exactly_where_the_cpu_has_avx512():
+    """-march=native: 16-lane vectors with AVX-512 (F, BW, VL), 8-lane ones (AVX2) otherwise."""
+    flags = next(
+        line.split(":", 1)[1].split()
+        for line in Path("/proc/cpuinfo").read_text().splitlines()
+        if line.startswith("flags")
+    )
+    avx512 = {"avx512f", "avx512bw", "avx512vl"} <= set(flags)
+    assert cpu.vector_lanes() == (16 if avx512 else 8)

@@ -69,18 +69,25 @@ def test_the_cpu_backend_keeps_its_fused_backward_on_covering_calls(length, fuse
     assert implementation.backward is expected
 
 
+AVX2_BUILD = cpu.vector_lanes() == 8
+
+
 @pytest.mark.parametrize(
-    ("length", "dtype", "kernel"),
+    ("length", "dtype", "head_dim", "kernel"),
     [
-        (49, torch.bfloat16, True),
-        (63, torch.float16, True),
-        (65, torch.bfloat16, False),
-        (49, torch.float32, False),
+        (49, torch.bfloat16, 32, True),
+        (63, torch.float16, 32, True),
+        (65, torch.bfloat16, 32, False),
+        (49, torch.float32, 32, AVX2_BUILD),
+        (64, torch.float32, 16, AVX2_BUILD),
+        (65, torch.float32, 32, False),
+        (49, torch.float32, 24, False),
     ],
 )
-def test_small_half_precision_covering_calls_take_the_kernels_forward(length, dtype, kernel):
-    """bf16/fp16 up to 64 tokens: the fused kernel's forward beats the dense one there."""
-    query = torch.empty(1, length, 1, 32, dtype=dtype)
+def test_small_covering_calls_take_the_kernels_forward(length, dtype, head_dim, kernel):
+    """bf16/fp16 up to 64 tokens, and float32 ones with a vector head dim where the kernel has 8
+    lanes: the fused kernel's forward beats the dense one there."""
+    query = torch.empty(1, length, 1, head_dim, dtype=dtype)
     params = NAParams((length,), (1,), (1,), (False,), 0.5)
     implementation = dispatch._implementation("cpu", query, params)
     assert (implementation.forward is cpu.na_forward) == kernel

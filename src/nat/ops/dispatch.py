@@ -219,11 +219,23 @@ def _implementation(name: str, query: torch.Tensor, params: NAParams) -> Backend
     if covers_input(spatial, params):
         tokens = math.prod(spatial)
         if name == "cpu" and tokens**2 <= _KERNEL_BACKWARD_MAX_PAIRS:
-            if query.dtype in _HALF_TYPES and tokens <= _KERNEL_FORWARD_MAX_TOKENS:
+            if tokens <= _KERNEL_FORWARD_MAX_TOKENS and _kernel_forward_wins(query):
                 return _BACKENDS[name]
             return _DENSE_CPU
         return _DENSE
     return _BACKENDS[name]
+
+
+def _kernel_forward_wins(query: torch.Tensor) -> bool:
+    """Whether a small covering call's forward should run in the fused CPU kernel rather than as
+    batched GEMMs (:data:`_KERNEL_FORWARD_MAX_TOKENS`)."""
+    if query.dtype in _HALF_TYPES:
+        return True
+    return (
+        query.dtype == torch.float32
+        and query.shape[-1] in cpu.VECTOR_HEAD_DIMS
+        and cpu.vector_lanes() == 8
+    )
 
 
 def _backend_forward(name, query, key, value, rpb, params, need_lse):
@@ -726,7 +738,10 @@ _KERNEL_FORWARD_MAX_TOKENS = 64
 """bf16/fp16 calls the window covers, up to this many tokens, take the fused CPU kernel's forward
 too: 0.49-0.98x the dense forward's time at 25-63 tokens (NAT-Tiny's 7 x 7 level: 0.81x in
 bf16, 0.88x in fp16), level at 81 and 121, 1.1-1.3x at 169 (2 threads, ``docs/benchmarks.md``).
-float32 keeps the dense forward (1.07x faster at 7 x 7)."""
+float32 keeps the dense forward where the kernel has AVX-512 (1.07x faster at 7 x 7 on Sapphire
+Rapids); where it has 8-lane vectors (AVX2), float32 calls with a vector-path head dim take the
+kernel's forward too: 0.65x the dense forward's time at 7 x 7, 0.78x at 9 x 9, level at 11 x 11
+and 13 x 13 (Zen 3 EPYC, 2 threads)."""
 _HALF_TYPES = (torch.bfloat16, torch.float16)
 _KERNEL_BACKWARD_MAX_PAIRS = 2**22
 """Above this many (query, key) pairs the kernel's neighbour tables (9 bytes a pair) would take

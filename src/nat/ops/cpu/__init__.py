@@ -21,7 +21,14 @@ import torch
 from ..spec import NAParams, neighbor_table
 from ..torch_backend import heads_last
 
-__all__ = ["is_available", "load", "na_backward", "na_backward_packed", "na_forward"]
+__all__ = [
+    "is_available",
+    "load",
+    "na_backward",
+    "na_backward_packed",
+    "na_forward",
+    "vector_lanes",
+]
 
 _SOURCE = Path(__file__).with_name("na_cpu.cpp")
 _log = logging.getLogger(__name__)
@@ -89,6 +96,14 @@ def load() -> ModuleType | None:
 def is_available() -> bool:
     """Whether the kernel is built (building it on first call); a constant under torch.compile."""
     return load() is not None
+
+
+@torch.compiler.assume_constant_result
+def vector_lanes() -> int:
+    """float32 lanes per vector in the kernel's vector path as built for this CPU: 16 where it has
+    AVX-512, 8 elsewhere (one AVX2 register on x86); 0 when the kernel is not built."""
+    module = load()
+    return 0 if module is None else int(module.vector_lanes())
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
@@ -194,7 +209,7 @@ def na_backward_packed(
     head_dim other than 16, 32, 64 or 128) get :func:`na_backward`'s gradients, stacked.
     """
     query, key, value = qkv.unbind(-3)
-    if qkv.dtype not in _PACKED_DTYPES or qkv.shape[-1] not in _PACKED_HEAD_DIMS:
+    if qkv.dtype not in _PACKED_DTYPES or qkv.shape[-1] not in VECTOR_HEAD_DIMS:
         dq, dk, dv, drpb = na_backward(grad_out, query, key, value, rpb, out, lse, params, grad_lse)
         return torch.stack((dq, dk, dv), dim=-3), drpb
     dqkv = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
@@ -204,5 +219,6 @@ def na_backward_packed(
 
 
 _PACKED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-_PACKED_HEAD_DIMS = (16, 32, 64, 128)
-"""What :func:`na_backward_packed` sends to the kernel's vector path (``with_vec_dims``)."""
+"""What :func:`na_backward_packed` sends to the kernel's vector path, with ``VECTOR_HEAD_DIMS``."""
+VECTOR_HEAD_DIMS = (16, 32, 64, 128)
+"""Head dims the kernel's vector path takes (``with_vec_dims``); others run its scalar loops."""
