@@ -371,17 +371,6 @@ inline vf hsum_all(const vf* v) {
          __builtin_shufflevector(w[0], w[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29,
                                  31);
 }
-
-inline float hmax(vf v) {
-  const vf8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7);
-  const vf8 b = __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
-  const vf8 m8 = a > b ? a : b;
-  const vf4 c = __builtin_shufflevector(m8, m8, 0, 1, 2, 3);
-  const vf4 d = __builtin_shufflevector(m8, m8, 4, 5, 6, 7);
-  const vf4 m4 = c > d ? c : d;
-  const float x = m4[0] > m4[1] ? m4[0] : m4[1], y = m4[2] > m4[3] ? m4[2] : m4[3];
-  return x > y ? x : y;
-}
 #else
 // The eight sums of v[0..7] at once, lane i holding v[i]'s. The first two steps add neighbouring
 // pairs within each 128-bit half (vshufps + vaddps, as vhaddps does); the last adds the halves.
@@ -400,15 +389,23 @@ inline vf hsum_all(const vf* v) {
   return __builtin_shufflevector(u[0], u[1], 0, 1, 2, 3, 8, 9, 10, 11) +
          __builtin_shufflevector(u[0], u[1], 4, 5, 6, 7, 12, 13, 14, 15);
 }
+#endif
 
+// The largest of v's lanes (16 lanes: the two halves' maxima first).
 inline float hmax(vf v) {
-  const vf4 c = __builtin_shufflevector(v, v, 0, 1, 2, 3);
-  const vf4 d = __builtin_shufflevector(v, v, 4, 5, 6, 7);
+#ifdef NAT_AVX512
+  const vf8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7);
+  const vf8 b = __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+  const vf8 m8 = a > b ? a : b;
+#else
+  const vf8 m8 = v;
+#endif
+  const vf4 c = __builtin_shufflevector(m8, m8, 0, 1, 2, 3);
+  const vf4 d = __builtin_shufflevector(m8, m8, 4, 5, 6, 7);
   const vf4 m4 = c > d ? c : d;
   const float x = m4[0] > m4[1] ? m4[0] : m4[1], y = m4[2] > m4[3] ? m4[2] : m4[3];
   return x > y ? x : y;
 }
-#endif
 
 // Which lanes of the chunk of kLanes window slots starting at `base` hold a neighbour: the first
 // P - base, and (for causal windows) those whose `valid` entry is set. Never reads past slot P.
