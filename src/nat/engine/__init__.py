@@ -1,5 +1,6 @@
-"""What every task shares: the distributed environment, loaders, precision, checkpoints, the run
-directory and the fit loop. Tasks (``nat.tasks.*``) add a model, data, a loss and metrics."""
+"""What every task shares: the distributed environment, loaders, precision, optimizer options,
+checkpoints, the run directory and the fit loop. Tasks (``nat.tasks.*``) add a model, data, a
+loss and metrics."""
 
 from .checkpoint import CheckpointError, load_checkpoint, resumed_settings, save_checkpoint
 from .distributed import (
@@ -15,6 +16,7 @@ from .distributed import (
 )
 from .fit import FitResult, LossFn, MetricsFn, NonFiniteLossError, fit
 from .loaders import eval_loader, iteration_loader, limit, seed_loader, train_loader
+from .optim import fused_kwargs
 from .precision import AMP_MODES, autocast, resolve_amp
 from .rng import capture_rng_state, restore_rng_state, seed_everything
 from .run import RunDirectory, RunLockedError, default_output, train_in_run_directory
@@ -39,6 +41,7 @@ __all__ = [
     "default_output",
     "eval_loader",
     "fit",
+    "fused_kwargs",
     "gather",
     "init_distributed",
     "iteration_loader",

@@ -238,6 +238,17 @@ def _kernel_forward_wins(query: torch.Tensor) -> bool:
     )
 
 
+def _packed_backward_wins(qkv: torch.Tensor) -> bool:
+    """Whether the CPU kernel should write a packed call's q/k/v gradient in place
+    (:func:`na_packed_op`): in bfloat16 and float16, and in float32 where the kernel has 8 lanes.
+    With 16 (AVX-512) its float32 sums are faster in its own head-major layout, and the stack that
+    follows is cheaper than the scattered sums into the packed rows (both measured,
+    ``docs/benchmarks.md``)."""
+    if qkv.dtype in _HALF_TYPES:
+        return True
+    return qkv.dtype == torch.float32 and cpu.vector_lanes() == 8
+
+
 def _backend_forward(name, query, key, value, rpb, params, need_lse):
     """Backend ``name``'s forward for the call, outside autocast (the inputs are already in its
     dtype): what ``nat::na_forward`` runs, and eager calls that skip the op."""
@@ -635,12 +646,10 @@ def na_packed_op(
 ) -> torch.Tensor:
     """:func:`na_op` on q, k, v packed as ``[B, *spatial, 3, heads, D]`` (a qkv projection).
 
-    The same output. Under autograd, in bfloat16 or float16, on a backend with
-    :attr:`Backend.backward_packed` (``cpu``), the packed input's gradient comes back as one
-    tensor, which the kernel writes in place: the three that ``qkv.unbind`` would give autograd to
-    stack (a copy of all three) are never made. Every other call goes to :func:`na_op` as three
-    tensors: in float32 the kernel's in-place sums are faster in its head-major layout, and
-    ``torch.compile`` fuses the stack that follows (both measured, ``docs/benchmarks.md``).
+    The same output. Under autograd, on a backend with :attr:`Backend.backward_packed` (``cpu``),
+    where :func:`_packed_backward_wins`, the packed input's gradient comes back as one tensor,
+    which the kernel writes in place: the three that ``qkv.unbind`` would give autograd to stack
+    (a copy of all three) are never made. Every other call goes to :func:`na_op` as three tensors.
     """
     if qkv.dim() < 4 or qkv.shape[-3] != 3:
         raise ValueError(
@@ -660,8 +669,8 @@ def na_packed_op(
     name = resolve_backend(backend, qkv.device, (query, key, value, rpb, params))
     if (
         name == "reference"
-        or qkv.dtype not in (torch.bfloat16, torch.float16)
         or _implementation(name, query, params).backward_packed is None
+        or not _packed_backward_wins(qkv)
     ):
         return _run_resolved(query, key, value, rpb, params, name)
     rpb = None if rpb is None else rpb.contiguous()

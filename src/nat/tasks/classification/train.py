@@ -29,6 +29,7 @@ from ...engine import (
     RunDirectory,
     eval_loader,
     fit,
+    fused_kwargs,
     limit,
     resolve_amp,
     seed_everything,
@@ -216,14 +217,20 @@ def _train(
 def create_optimizer(
     model: nn.Module, config: TrainConfig, *, lr_scale: float = 1.0
 ) -> torch.optim.Optimizer:
-    """``config.opt`` (AdamW by default, any timm optimizer) at ``config.lr * lr_scale``. timm
-    exempts 1-D parameters (norms, biases) and the model's ``no_weight_decay()`` (NAT: the RPB
-    tables) from weight decay."""
+    """``config.opt`` (AdamW by default, any timm optimizer) at ``config.lr * lr_scale``, fused
+    where PyTorch has a fused kernel for it (:func:`~nat.engine.fused_kwargs`). timm exempts 1-D
+    parameters (norms, biases) and the model's ``no_weight_decay()`` (NAT: the RPB tables) from
+    weight decay."""
     extra: dict[str, Any] = {}
     if "adam" in config.opt.lower() or "lamb" in config.opt.lower():
         extra.update(eps=config.opt_eps, betas=tuple(config.opt_betas))
     return create_optimizer_v2(
-        model, opt=config.opt, lr=config.lr * lr_scale, weight_decay=config.weight_decay, **extra
+        model,
+        opt=config.opt,
+        lr=config.lr * lr_scale,
+        weight_decay=config.weight_decay,
+        **extra,
+        **fused_kwargs(model, config.opt),
     )
 
 

@@ -28,6 +28,7 @@ from ...engine import (
     barrier,
     eval_loader,
     fit,
+    fused_kwargs,
     limit,
     resolve_amp,
     seed_everything,
@@ -238,10 +239,16 @@ def _train(
 
 
 def create_optimizer(model: nn.Module, config: DetectConfig, lr: float) -> torch.optim.Optimizer:
-    """AdamW at ``lr``; timm exempts 1-D parameters (norms, biases) and the model's
-    ``no_weight_decay()`` (the backbone's RPB tables) from weight decay."""
+    """AdamW at ``lr`` (fused where it can be, :func:`~nat.engine.fused_kwargs`); timm exempts
+    1-D parameters (norms, biases) and the model's ``no_weight_decay()`` (the backbone's RPB
+    tables) from weight decay."""
     return create_optimizer_v2(
-        model, opt="adamw", lr=lr, weight_decay=config.weight_decay, betas=tuple(config.opt_betas)
+        model,
+        opt="adamw",
+        lr=lr,
+        weight_decay=config.weight_decay,
+        betas=tuple(config.opt_betas),
+        **fused_kwargs(model, "adamw"),
     )
 
 

@@ -26,6 +26,7 @@ from ...engine import (
     RunDirectory,
     eval_loader,
     fit,
+    fused_kwargs,
     iteration_loader,
     limit,
     resolve_amp,
@@ -129,6 +130,7 @@ def _train(
         lr=config.lr,
         weight_decay=config.weight_decay,
         betas=tuple(config.opt_betas),
+        **fused_kwargs(model, "adamw"),
     )
     scheduler = PolyLRScheduler(
         optimizer,
