@@ -240,10 +240,10 @@ def _kernel_forward_wins(query: torch.Tensor) -> bool:
 
 def _packed_backward_wins(qkv: torch.Tensor) -> bool:
     """Whether the CPU kernel should write a packed call's q/k/v gradient in place
-    (:func:`na_packed_op`): in bfloat16 and float16, and in float32 where the kernel has 8 lanes.
-    With 16 (AVX-512) its float32 sums are faster in its own head-major layout, and the stack that
-    follows is cheaper than the scattered sums into the packed rows (both measured,
-    ``docs/benchmarks.md``)."""
+    (:func:`na_packed_op`): in bfloat16 and float16, and in float32 where the kernel has 8 lanes
+    (AVX2: 18-20% off the float32 backward at NAT-Tiny's level 1, stack included). With 16
+    (AVX-512) its float32 sums were faster in its own head-major layout, stack and all (both
+    measured, ``docs/benchmarks.md``)."""
     if qkv.dtype in _HALF_TYPES:
         return True
     return qkv.dtype == torch.float32 and cpu.vector_lanes() == 8
