@@ -17,6 +17,12 @@ def test_adam_and_adamw_fuse_on_the_cpu(opt, fused):
     assert fused_kwargs(nn.Linear(3, 2), opt) == ({"fused": True} if fused else {})
 
 
+@pytest.mark.parametrize("opt", [None, 3])
+def test_an_optimizer_name_that_is_not_a_string_is_refused(opt):
+    with pytest.raises(TypeError, match=f"opt={opt!r}"):
+        fused_kwargs(nn.Linear(3, 2), opt)
+
+
 def test_a_model_without_trainable_float_parameters_is_not_fused():
     frozen = nn.Linear(3, 2).requires_grad_(False)
     assert fused_kwargs(frozen, "adamw") == {}

@@ -20,6 +20,8 @@ def fused_kwargs(model: nn.Module, opt: str) -> dict[str, bool]:
     100 ms, Swin-T's (173 tensors) 23 ms instead of 81 ms (``docs/benchmarks.md``). Same update,
     summed in a different order: results agree to rounding, not bit for bit.
     """
+    if not isinstance(opt, str):
+        raise TypeError(f"opt={opt!r}: expected an optimizer name (a str, such as 'adamw')")
     if opt.lower() not in FUSED_OPTIMIZERS:
         return {}
     params = [p for p in model.parameters() if p.requires_grad]
