@@ -39,17 +39,17 @@ def forward_args() -> dict:
 
 def backward_args() -> dict:
     args = forward_args()
-    out, lse = cpu.load().na_forward(*args.values())
+    out, lse, _ = cpu.load().na_forward(*args.values())
     q, k, v, rpb, nbr, bidx, valid, scale = args.values()
     grad_out = torch.randn_like(out)
     return dict(
         dout=grad_out, q=q, k=k, v=v, rpb=rpb, out=out, lse=lse, nbr=nbr, bidx=bidx, valid=valid
-    ) | {"dlse": torch.randn_like(lse), "scale": scale, "dqkv": None}
+    ) | {"dlse": torch.randn_like(lse), "scale": scale, "dqkv": None, "logits": None}
 
 
 def test_valid_arguments_run():
     args = forward_args()
-    out, lse = cpu.load().na_forward(*args.values())
+    out, lse, _ = cpu.load().na_forward(*args.values())
     assert out.shape == (B, N, H, D) and lse.shape == (B, H, N)
     dq, dk, dv, drpb = cpu.load().na_backward(*backward_args().values())
     assert dq.shape == dk.shape == dv.shape == (B, H, N, D) and drpb.shape == (H, 25)
@@ -122,6 +122,11 @@ BACKWARD_CASES = {
         "dlse",
         lambda t: t.transpose(1, 2).contiguous().transpose(1, 2),
         r"dlse has strides",
+    ),
+    "logits for another window": (
+        "logits",
+        lambda t: torch.zeros(B, H, N, 3),
+        r"logits has shape \[2, 2, 30, 3\]",
     ),
     "key heads not dividing query heads": (
         "k",

@@ -79,6 +79,6 @@ def test_portable_build_matches_native_build(portable, dtype):
             native.na_backward(*args, want_packed)
             portable.na_backward(*args, got_packed)
             want_grads, got_grads = [*want_grads, want_packed], [*got_grads, got_packed]
-        for w, o in zip([*want, *want_grads], [*got, *got_grads], strict=True):
+        for w, o in zip([*want[:2], *want_grads], [*got[:2], *got_grads], strict=True):
             scale = w.float().abs().max().clamp_min(1)
             torch.testing.assert_close(o.float() / scale, w.float() / scale, rtol=tol, atol=tol)

@@ -91,7 +91,7 @@ def kernel_backward_args(name, dtype, rpb=True, dlse=False):
     q, k, v = qkv.unbind(2)
     nbr, valid, bidx = neighbor_table(spatial, params, qkv.device)
     rows = None if bias is None else bias.detach().flatten(1)
-    out, lse = cpu.load().na_forward(q, k, v, rows, nbr, bidx, valid, params.scale)
+    out, lse, _ = cpu.load().na_forward(q, k, v, rows, nbr, bidx, valid, params.scale)
     grad_lse = torch.randn_like(lse) if dlse else None
     args = (torch.randn_like(out), q, k, v, rows, out, lse, nbr, bidx, valid, grad_lse)
     return qkv, (*args, params.scale)
@@ -220,11 +220,13 @@ def test_opcheck_packed_ops(backend):
     window = (list(params.kernel_size), list(params.stride), list(params.dilation))
     window = (*window, list(params.is_causal), params.scale, backend)
     torch.library.opcheck(torch.ops.nat.na_packed_forward.default, (qkv, bias, *window))
-    out, lse = torch.ops.nat.na_packed_forward(qkv.detach(), bias.detach(), *window)
+    out, lse, saved = torch.ops.nat.na_packed_forward(qkv.detach(), bias.detach(), *window)
     args = (torch.randn_like(out), qkv.detach(), bias.detach(), out, lse, *window)
     torch.library.opcheck(torch.ops.nat.na_packed_backward.default, args)
     args = (*args, torch.randn_like(lse))  # a gradient reaching the log-sum-exp
     torch.library.opcheck(torch.ops.nat.na_packed_backward.default, args)
+    # with what the forward kept (the cpu backend's logits)
+    torch.library.opcheck(torch.ops.nat.na_packed_backward.default, (*args, saved))
 
 
 def test_lse_gradient_through_the_packed_op_matches_the_reference():
@@ -233,7 +235,7 @@ def test_lse_gradient_through_the_packed_op_matches_the_reference():
     window = (*window, list(params.is_causal), params.scale)
 
     def packed(qkv, bias):
-        out, lse = torch.ops.nat.na_packed_forward(qkv.float(), bias.float(), *window, "torch")
+        out, lse, _ = torch.ops.nat.na_packed_forward(qkv.float(), bias.float(), *window, "torch")
         return out.sum() + lse.sin().sum()
 
     def reference(qkv, bias):

@@ -68,6 +68,14 @@ class Backend(NamedTuple):
     autograd, for a backend whose backward is its library's own autograd (FlexAttention's): calls
     that need gradients run it instead of the registered op. Inside the op nothing could be
     differentiated: a custom op's implementation runs below autograd, recording no graph."""
+    forward_saving: Callable | None = None
+    """``forward_saving(query, key, value, rpb, params) -> (out, lse, saved)``: the forward for
+    autograd, keeping ``saved`` (a tensor; empty when it keeps nothing for the call), which
+    :attr:`backward` and :attr:`backward_packed` then take as ``saved=``. ``None``: the forward
+    with ``need_lse=True``, keeping nothing."""
+    saved_shape: Callable | None = None
+    """``saved_shape(query, value, params)``: the shape of what :attr:`forward_saving` keeps, for
+    fake tensors (``torch.compile``)."""
 
 
 _BACKENDS: dict[str, Backend] = {}
@@ -106,10 +114,13 @@ def register_backend(
     dropout: Callable | None = None,
     backward_packed: Callable | None = None,
     autograd_forward: Callable | None = None,
+    forward_saving: Callable | None = None,
+    saved_shape: Callable | None = None,
 ) -> None:
     """Make ``name`` selectable with ``backend=name`` and candidate for ``"auto"``.
 
-    ``can_run`` defaults to accepting every call on ``devices``.
+    ``can_run`` defaults to accepting every call on ``devices``; the optional functions are
+    :class:`Backend`'s fields of the same names.
     """
     check = device_check(devices) if can_run is None else can_run
     _BACKENDS[name] = Backend(
@@ -122,6 +133,8 @@ def register_backend(
         dropout,
         backward_packed,
         autograd_forward,
+        forward_saving,
+        saved_shape,
     )
 
 
@@ -258,27 +271,55 @@ def _backend_forward(name, query, key, value, rpb, params, need_lse):
         )
 
 
-def _backend_backward(name, grad_out, query, key, value, rpb, out, lse, params, grad_lse):
-    """Backend ``name``'s four gradients, outside autocast (``nat::na_backward``'s body)."""
-    # Only a caller that asked for the log-sum-exp (return_lse) can send a gradient into it.
+def _backend_forward_saving(name, query, key, value, rpb, params):
+    """Backend ``name``'s forward for autograd: output, log-sum-exp, and what its backward reuses
+    (:attr:`Backend.forward_saving`; an empty tensor for a backend that keeps nothing)."""
+    impl = _implementation(name, query, params)
+    with torch.autocast(query.device.type, enabled=False):
+        if impl.forward_saving is not None:
+            return impl.forward_saving(query, key, value, rpb, params)
+        out, lse = impl.forward(query, key, value, rpb, params, True)
+    return out, lse, lse.new_empty(0)
+
+
+def _saved_fake(name, query, value, params) -> tuple[int, ...]:
+    """The shape of what :func:`_backend_forward_saving` keeps, for fake tensors."""
+    impl = _implementation(name, query, params)
+    return (0,) if impl.saved_shape is None else impl.saved_shape(query, value, params)
+
+
+def _extra(grad_lse, saved) -> dict:
+    """The optional keywords of a backend's backward: only what is there."""
+    # Only a caller that asked for the log-sum-exp (return_lse) can send a gradient into it, and
+    # only backends with a forward_saving keep anything.
     extra = {} if grad_lse is None else {"grad_lse": grad_lse}
+    if saved is not None and saved.numel():
+        extra["saved"] = saved
+    return extra
+
+
+def _backend_backward(
+    name, grad_out, query, key, value, rpb, out, lse, params, grad_lse, saved=None
+):
+    """Backend ``name``'s four gradients, outside autocast (``nat::na_backward``'s body)."""
+    extra = _extra(grad_lse, saved)
     with torch.autocast(query.device.type, enabled=False):
         return _implementation(name, query, params).backward(
             grad_out, query, key, value, rpb, out, lse, params, **extra
         )
 
 
-def _backend_backward_packed(name, grad_out, qkv, rpb, out, lse, params, grad_lse):
+def _backend_backward_packed(name, grad_out, qkv, rpb, out, lse, params, grad_lse, saved=None):
     """The packed q/k/v's gradient (contiguous, ``qkv``'s shape) and rpb's (``None`` without
     rpb): the backend's packed backward, or its three gradients stacked."""
     query, key, value = qkv.unbind(-3)
     impl = _implementation(name, query, params)
     if impl.backward_packed is None:
         dq, dk, dv, drpb = _backend_backward(
-            name, grad_out, query, key, value, rpb, out, lse, params, grad_lse
+            name, grad_out, query, key, value, rpb, out, lse, params, grad_lse, saved
         )
         return torch.stack((dq, dk, dv), dim=-3), drpb
-    extra = {} if grad_lse is None else {"grad_lse": grad_lse}
+    extra = _extra(grad_lse, saved)
     with torch.autocast(qkv.device.type, enabled=False):
         return impl.backward_packed(grad_out, qkv, rpb, out, lse, params, **extra)
 
@@ -320,11 +361,13 @@ def _na_packed_forward(
     is_causal: list[bool],
     scale: float,
     backend: str,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``nat::na_forward`` on q, k, v packed as ``[B, *spatial, 3, heads, D]``, for autograd."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``nat::na_forward`` on q, k, v packed as ``[B, *spatial, 3, heads, D]``, for autograd: the
+    output, the log-sum-exp and what the backend keeps for its backward (``saved``, float32,
+    often empty: :attr:`Backend.forward_saving`)."""
     query, key, value = qkv.unbind(-3)
     params = _params(kernel_size, stride, dilation, is_causal, scale)
-    return _backend_forward(backend, query, key, value, rpb, params, True)
+    return _backend_forward_saving(backend, query, key, value, rpb, params)
 
 
 @_na_packed_forward.register_fake
@@ -334,7 +377,9 @@ def _na_packed_forward_fake(qkv, rpb, kernel_size, stride, dilation, is_causal, 
     lse = query.new_empty(
         (query.shape[0], query.shape[-2], n), dtype=torch.promote_types(query.dtype, torch.float32)
     )
-    return query.new_empty(query.shape), lse
+    params = _params(kernel_size, stride, dilation, is_causal, scale)
+    saved = query.new_empty(_saved_fake(backend, query, query, params), dtype=torch.float32)
+    return query.new_empty(query.shape), lse, saved
 
 
 @_na_forward.register_fake
@@ -424,10 +469,14 @@ def _na_packed_backward(
     scale: float,
     backend: str,
     grad_lse: torch.Tensor | None = None,
+    saved: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The gradient of the packed q/k/v (contiguous, ``qkv``'s shape) and rpb's."""
+    """The gradient of the packed q/k/v (contiguous, ``qkv``'s shape) and rpb's; ``saved`` is what
+    ``nat::na_packed_forward`` kept."""
     params = _params(kernel_size, stride, dilation, is_causal, scale)
-    dqkv, drpb = _backend_backward_packed(backend, grad_out, qkv, rpb, out, lse, params, grad_lse)
+    dqkv, drpb = _backend_backward_packed(
+        backend, grad_out, qkv, rpb, out, lse, params, grad_lse, saved
+    )
     return dqkv, qkv.new_empty(0) if drpb is None else drpb
 
 
@@ -439,17 +488,16 @@ def _na_packed_backward_fake(grad_out, qkv, rpb, *args):
 
 def _packed_setup_context(ctx, inputs, output):
     qkv, rpb, *window = inputs
-    out, lse = output
-    ctx.save_for_backward(qkv, rpb, out, lse)
+    ctx.save_for_backward(qkv, rpb, *output)
     ctx.window = window
     ctx.has_rpb = rpb is not None
     ctx.set_materialize_grads(False)
 
 
-def _packed_backward(ctx, grad_out, grad_lse):
-    qkv, rpb, out, lse = ctx.saved_tensors
+def _packed_backward(ctx, grad_out, grad_lse, _grad_saved):
+    qkv, rpb, out, lse, saved = ctx.saved_tensors
     grad_out, grad_lse = _incoming(grad_out, grad_lse, out)
-    dqkv, drpb = _na_packed_backward(grad_out, qkv, rpb, out, lse, *ctx.window, grad_lse)
+    dqkv, drpb = _na_packed_backward(grad_out, qkv, rpb, out, lse, *ctx.window, grad_lse, saved)
     return dqkv, drpb if ctx.has_rpb else None, None, None, None, None, None, None
 
 
@@ -463,21 +511,22 @@ class _EagerNA(torch.autograd.Function):
 
     @staticmethod
     def forward(query, key, value, rpb, params, name):
-        return _backend_forward(name, query, key, value, rpb, params, True)
+        return _backend_forward_saving(name, query, key, value, rpb, params)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         query, key, value, rpb, params, name = inputs
         ctx.save_for_backward(query, key, value, rpb, *output)
+        ctx.mark_non_differentiable(output[2])
         ctx.params, ctx.name = params, name
         ctx.set_materialize_grads(False)
 
     @staticmethod
-    def backward(ctx, grad_out, grad_lse):
-        query, key, value, rpb, out, lse = ctx.saved_tensors
+    def backward(ctx, grad_out, grad_lse, _grad_saved):
+        query, key, value, rpb, out, lse, saved = ctx.saved_tensors
         grad_out, grad_lse = _incoming(grad_out, grad_lse, out)
         dq, dk, dv, drpb = _backend_backward(
-            ctx.name, grad_out, query, key, value, rpb, out, lse, ctx.params, grad_lse
+            ctx.name, grad_out, query, key, value, rpb, out, lse, ctx.params, grad_lse, saved
         )
         return dq, dk, dv, drpb, None, None
 
@@ -487,21 +536,22 @@ class _EagerPackedNA(torch.autograd.Function):
 
     @staticmethod
     def forward(qkv, rpb, params, name):
-        return _backend_forward(name, *qkv.unbind(-3), rpb, params, True)
+        return _backend_forward_saving(name, *qkv.unbind(-3), rpb, params)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         qkv, rpb, params, name = inputs
         ctx.save_for_backward(qkv, rpb, *output)
+        ctx.mark_non_differentiable(output[2])
         ctx.params, ctx.name = params, name
         ctx.set_materialize_grads(False)
 
     @staticmethod
-    def backward(ctx, grad_out, grad_lse):
-        qkv, rpb, out, lse = ctx.saved_tensors
+    def backward(ctx, grad_out, grad_lse, _grad_saved):
+        qkv, rpb, out, lse, saved = ctx.saved_tensors
         grad_out, grad_lse = _incoming(grad_out, grad_lse, out)
         dqkv, drpb = _backend_backward_packed(
-            ctx.name, grad_out, qkv, rpb, out, lse, ctx.params, grad_lse
+            ctx.name, grad_out, qkv, rpb, out, lse, ctx.params, grad_lse, saved
         )
         return dqkv, drpb, None, None
 
@@ -617,7 +667,7 @@ def _run_resolved(
         # Nothing records the op, so skip its dispatch (~0.1 ms a call each way). Inputs are
         # already in autocast's dtype; like the op, the backend runs without autocast.
         if needs_grad:
-            out, lse = _EagerNA.apply(query, key, value, contiguous_rpb, params, name)
+            out, lse, _ = _EagerNA.apply(query, key, value, contiguous_rpb, params, name)
         else:
             out, lse = _backend_forward(name, query, key, value, rpb, params, need_lse)
         return (out, _lse_heads_last(lse, query)) if return_lse else out
@@ -676,7 +726,7 @@ def na_packed_op(
     rpb = None if rpb is None else rpb.contiguous()
     if _plain_eager():
         return _EagerPackedNA.apply(qkv, rpb, params, name)[0]
-    out, _ = _na_packed_forward(
+    out, *_ = _na_packed_forward(
         qkv,
         rpb,
         list(params.kernel_size),
@@ -702,6 +752,8 @@ register_backend(
     is_available=cpu.is_available,
     priority=10,
     backward_packed=cpu.na_backward_packed,
+    forward_saving=cpu.na_forward_saving,
+    saved_shape=cpu.saved_shape,
 )
 register_backend(
     "torch",

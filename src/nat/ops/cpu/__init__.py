@@ -27,6 +27,8 @@ __all__ = [
     "na_backward",
     "na_backward_packed",
     "na_forward",
+    "na_forward_saving",
+    "saved_shape",
     "vector_lanes",
 ]
 
@@ -134,9 +136,14 @@ def na_forward(
     Key and value may have fewer heads than the query (grouped-query attention): the kernel maps
     query head ``h`` to key/value head ``h // (heads // heads_kv)``.
     """
+    out, lse, _ = _kernel_forward(query, key, value, rpb, params, False)
+    return out, lse
+
+
+def _kernel_forward(query, key, value, rpb, params, keep_logits):
     spatial = tuple(query.shape[1:-2])
     nbr, valid, bias_idx = neighbor_table(spatial, params, query.device)
-    out, lse = load().na_forward(
+    out, lse, logits = load().na_forward(
         _rows(query),
         _rows(key),
         _rows(value),
@@ -145,8 +152,48 @@ def na_forward(
         bias_idx,
         valid,
         params.scale,
+        keep_logits,
     )
-    return out.reshape(*query.shape[:-1], value.shape[-1]), lse
+    return out.reshape(*query.shape[:-1], value.shape[-1]), lse, logits
+
+
+def _keeps_logits(query: torch.Tensor, value: torch.Tensor, params: NAParams) -> bool:
+    """Whether a forward for autograd keeps the window logits for the backward: where the kernel's
+    vector path runs and they take no more memory than the call's q, k, v and output rows (a
+    window of at most ``3 * D + Dv`` slots: NAT's 7 x 7 = 49 at head_dim 16 and up)."""
+    return (
+        query.dtype in _PACKED_DTYPES
+        and query.shape[-1] in VECTOR_HEAD_DIMS
+        and query.shape[-1] == value.shape[-1]
+        and math.prod(params.kernel_size) <= 3 * query.shape[-1] + value.shape[-1]
+    )
+
+
+def saved_shape(query: torch.Tensor, value: torch.Tensor, params: NAParams) -> tuple[int, ...]:
+    """The shape of what :func:`na_forward_saving` keeps for the call (``(0,)``: nothing)."""
+    if not _keeps_logits(query, value, params) or vector_lanes() == 0:
+        return (0,)
+    lanes = vector_lanes()
+    slots = -(-math.prod(params.kernel_size) // lanes) * lanes
+    return (query.shape[0], query.shape[-2], math.prod(query.shape[1:-2]), slots)
+
+
+def na_forward_saving(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    rpb: torch.Tensor | None,
+    params: NAParams,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`na_forward` for autograd: output, log-sum-exp, and what the backward reuses.
+
+    Where :func:`_keeps_logits`, that is every window's logits ``[B, heads, N, P]`` (``P``
+    rounded up to whole vectors; float32), which :func:`na_backward` then reads instead of
+    computing them again; elsewhere an empty tensor. The gradients are the same to the bit where
+    the kernel has 8 lanes (AVX2); with AVX-512 the float32 backward summed its recomputed logits
+    in another order, so they agree there to rounding.
+    """
+    return _kernel_forward(query, key, value, rpb, params, _keeps_logits(query, value, params))
 
 
 def na_backward(
@@ -159,18 +206,20 @@ def na_backward(
     lse: torch.Tensor,
     params: NAParams,
     grad_lse: torch.Tensor | None = None,
+    saved: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Gradients for query, key, value and rpb (``None`` without rpb).
 
-    ``grad_lse`` ``[B, heads, N]`` is the gradient reaching the log-sum-exp, if any.
+    ``grad_lse`` ``[B, heads, N]`` is the gradient reaching the log-sum-exp, if any; ``saved``
+    what :func:`na_forward_saving` kept.
     """
     dq, dk, dv, drpb = _kernel_backward(
-        grad_out, query, key, value, rpb, out, lse, params, grad_lse, None
+        grad_out, query, key, value, rpb, out, lse, params, grad_lse, None, saved
     )
     return heads_last(dq, query), heads_last(dk, key), heads_last(dv, value), drpb
 
 
-def _kernel_backward(grad_out, query, key, value, rpb, out, lse, params, grad_lse, dqkv):
+def _kernel_backward(grad_out, query, key, value, rpb, out, lse, params, grad_lse, dqkv, saved):
     """The kernel's four gradients (head-major, or views of ``dqkv`` when given), rpb's shaped
     like it (``None`` without rpb)."""
     spatial = tuple(query.shape[1:-2])
@@ -189,6 +238,7 @@ def _kernel_backward(grad_out, query, key, value, rpb, out, lse, params, grad_ls
         None if grad_lse is None else grad_lse.to(lse.dtype).contiguous(),
         params.scale,
         dqkv,
+        saved,
     )
     return dq, dk, dv, None if rpb is None else drpb.to(rpb.dtype).reshape(rpb.shape)
 
@@ -201,6 +251,7 @@ def na_backward_packed(
     lse: torch.Tensor,
     params: NAParams,
     grad_lse: torch.Tensor | None = None,
+    saved: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The gradient of a packed ``[B, *spatial, 3, heads, D]`` query/key/value, and rpb's.
 
@@ -210,11 +261,15 @@ def na_backward_packed(
     """
     query, key, value = qkv.unbind(-3)
     if qkv.dtype not in _PACKED_DTYPES or qkv.shape[-1] not in VECTOR_HEAD_DIMS:
-        dq, dk, dv, drpb = na_backward(grad_out, query, key, value, rpb, out, lse, params, grad_lse)
+        dq, dk, dv, drpb = na_backward(
+            grad_out, query, key, value, rpb, out, lse, params, grad_lse, saved
+        )
         return torch.stack((dq, dk, dv), dim=-3), drpb
     dqkv = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
     rows = dqkv.view(qkv.shape[0], math.prod(qkv.shape[1:-3]), *qkv.shape[-3:])
-    *_, drpb = _kernel_backward(grad_out, query, key, value, rpb, out, lse, params, grad_lse, rows)
+    *_, drpb = _kernel_backward(
+        grad_out, query, key, value, rpb, out, lse, params, grad_lse, rows, saved
+    )
     return dqkv, drpb
 
 
