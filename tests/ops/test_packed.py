@@ -215,8 +215,11 @@ def test_module_gradients_equal_the_unpacked_ones(dropout):
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-def test_opcheck_packed_ops(backend):
-    qkv, bias, params = make(PROBLEMS["2d rpb"], torch.float32)
+@pytest.mark.parametrize(
+    ("name", "dtype"), [("2d rpb", torch.float32), ("2d covering", torch.float64)]
+)
+def test_opcheck_packed_ops(backend, name, dtype):
+    qkv, bias, params = make(PROBLEMS[name], dtype)
     window = (list(params.kernel_size), list(params.stride), list(params.dilation))
     window = (*window, list(params.is_causal), params.scale, backend)
     torch.library.opcheck(torch.ops.nat.na_packed_forward.default, (qkv, bias, *window))

@@ -279,7 +279,7 @@ def _backend_forward_saving(name, query, key, value, rpb, params):
         if impl.forward_saving is not None:
             return impl.forward_saving(query, key, value, rpb, params)
         out, lse = impl.forward(query, key, value, rpb, params, True)
-    return out, lse, lse.new_empty(0)
+    return out, lse, lse.new_empty(0, dtype=torch.float32)
 
 
 def _saved_fake(name, query, value, params) -> tuple[int, ...]:
