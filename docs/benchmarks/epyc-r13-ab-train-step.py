@@ -1,21 +1,23 @@
-"""Same-process A/B of round thirteen's training-step changes: old = the float32 tokenizer on NCHW
-input and the backward recomputing the window logits; new = channels-last tokenizer and kept logits.
-NAT-Tiny (new and old) and Swin-T (unchanged, the reference), batch 8, fused AdamW."""
+"""Same-process A/B of round thirteen's training-step change: old = the NA backward recomputing the
+window logits; new = the forward keeping them for it. NAT-Tiny (new and old) and Swin-T (unchanged,
+the reference), batch 8, fused AdamW; TOKENIZER=1 adds round thirteen's
+channels-last float32 tokenizer, measured and not landed."""
 import os, statistics, time, torch, timm
 import nat.models, nat.models.nat as M, nat.ops.dispatch as D
 from nat.bench.harness import pin_malloc
 pin_malloc(); torch.set_num_threads(2); torch.manual_seed(0)
 R = int(os.environ.get("R", "9"))
 kept = D._BACKENDS["cpu"]; recomputed = kept._replace(forward_saving=None, saved_shape=None)
-new_tokenizer = M.ConvTokenizer.forward
-def old_tokenizer(self, x):
-    return self.norm(self.proj(x).permute(0, 2, 3, 1))
+old_tokenizer = M.ConvTokenizer.forward
+def new_tokenizer(self, x):  # float32 convolutions on channels-last input
+    return self.norm(self.proj(x.contiguous(memory_format=torch.channels_last)).permute(0, 2, 3, 1))
+TOKENIZER = os.environ.get("TOKENIZER") == "1"  # A/B the tokenizer too
 x = torch.randn(8, 3, 224, 224); y = torch.randint(0, 1000, (8,))
 ms = {n: timm.create_model(n).train() for n in ("nat_tiny", "swin_tiny_patch4_window7_224")}
 opts = {n: torch.optim.AdamW(m.parameters(), lr=1e-6, fused=True) for n, m in ms.items()}
 def step(n, v):
     D._BACKENDS["cpu"] = kept if v == "new" else recomputed
-    M.ConvTokenizer.forward = new_tokenizer if v == "new" else old_tokenizer
+    M.ConvTokenizer.forward = new_tokenizer if v == "new" and TOKENIZER else old_tokenizer
     m = ms[n]; o = opts[n]; o.zero_grad(set_to_none=True)
     torch.nn.functional.cross_entropy(m(x), y).backward(); o.step()
 vs = [("nat_tiny", "old"), ("nat_tiny", "new"), ("swin_tiny_patch4_window7_224", "new")]
