@@ -612,7 +612,7 @@ void weighted_rows(const float* wf, int64_t P, const int32_t* nb, const scalar_t
   }
 }
 
-template <typename scalar_t, int ND, int NDV>
+template <typename scalar_t, int ND, int NDV, bool kKeep>
 void forward_vec_range(
     const scalar_t* q, const scalar_t* k, const scalar_t* v, Strides qs, Strides ks, Strides vs,
     const float* rpb, const int32_t* nbr,
@@ -638,7 +638,7 @@ void forward_vec_range(
       const int32_t* nb = nbr + n * P;
       const int32_t* bi = bidx + n * P;
       const bool* ok = valid ? valid + n * P : nullptr;
-      float* kept = logits ? logits + ((b * H + h) * N + n) * chunks * kLanes : nullptr;
+      float* kept = kKeep ? logits + ((b * H + h) * N + n) * chunks * kLanes : nullptr;
       // 1. Scores, kLanes window slots per vector (slots past P or masked out are -inf), and their max.
       vf vmax = splat(-kInf);
       for (int64_t c = 0; c < chunks; ++c) {
@@ -651,7 +651,7 @@ void forward_vec_range(
         if (bias) sc += gather_bias(bias, bi + base, count);
         sc = chunk_lanes(base, P, ok) ? sc : splat(-kInf);
         s[c] = sc;
-        if (kept) storev(kept + kLanes * c, sc);  // for the backward, which then skips the dots
+        if constexpr (kKeep) storev(kept + kLanes * c, sc);  // for the backward: it skips the dots
         vmax = vmax > sc ? vmax : sc;
       }
       const float mx = hmax(vmax);
@@ -680,10 +680,20 @@ void forward_vec(
     const float* rpb, const int32_t* nbr,
     const int32_t* bidx, const bool* valid, scalar_t* out, float* lse, float* logits, int64_t B,
     int64_t N, int64_t H, int64_t G, int64_t P, int64_t R, float scale) {
-  at::parallel_for(0, B * H * ((N + kRowBlock - 1) / kRowBlock), 1, [&](int64_t begin, int64_t end) {
-    forward_vec_range<scalar_t, ND, NDV>(q, k, v, qs, ks, vs, rpb, nbr, bidx, valid, out, lse,
-                                         logits, B, N, H, G, P, R, scale, begin, end);
-  });
+  // Separate instantiations with and without kept logits: a runtime test in the chunk loop cost
+  // inference calls 3-8% at NAT-Tiny's levels 1-3 (Zen 3 EPYC).
+  auto run = [&](auto keep) {
+    at::parallel_for(0, B * H * ((N + kRowBlock - 1) / kRowBlock), 1, [&](int64_t begin, int64_t end) {
+      forward_vec_range<scalar_t, ND, NDV, decltype(keep)::value>(
+          q, k, v, qs, ks, vs, rpb, nbr, bidx, valid, out, lse, logits, B, N, H, G, P, R, scale,
+          begin, end);
+    });
+  };
+  if (logits) {
+    run(std::true_type{});
+  } else {
+    run(std::false_type{});
+  }
 }
 
 // The gradients, addressed through element strides (batch, token, head): head-major buffers, or
@@ -701,7 +711,7 @@ using Grads32 = GradRows<float>;
 template <typename scalar_t>
 using LowGrads = GradRows<scalar_t>;
 
-template <typename scalar_t, int ND, int NDV, bool kSplit = false>
+template <typename scalar_t, int ND, int NDV, bool kSplit, bool kKeep>
 void backward_vec_range(
     const scalar_t* dout, const scalar_t* q, const scalar_t* k, const scalar_t* v, Strides qs,
     Strides ks, Strides vs, const float* rpb,
@@ -765,7 +775,7 @@ void backward_vec_range(
       const float l = lse[(b * H + h) * N + n];
       // The forward's logits (bias added, masked slots -inf), where it kept them. With 8 lanes,
       // and for vdpbf16ps, the same floats as the dot products below would give again.
-      const float* kept = logits ? logits + ((b * H + h) * N + n) * chunks * kLanes : nullptr;
+      const float* kept = kKeep ? logits + ((b * H + h) * N + n) * chunks * kLanes : nullptr;
       // 1. Probabilities P and dS = P * (dO . V - delta), kLanes window slots per vector; 0 outside.
       for (int64_t c = 0; c < chunks; ++c) {
         const int64_t base = kLanes * c, count = std::min<int64_t>(kLanes, P - base);
@@ -775,7 +785,7 @@ void backward_vec_range(
         if constexpr (kPairDots<scalar_t, ND> || kLanes == 8) {
           // (One set of kLanes partial-sum vectors at a time: two would spill.)
           vf dots[kLanes];
-          if (!kept) {
+          if constexpr (!kKeep) {
             for (int64_t j = 0; j < kLanes; ++j) {
               dots[j] = j < count ? qrow.dot(kb + static_cast<int64_t>(nb[base + j]) * ks.n) : vf{};
             }
@@ -797,19 +807,19 @@ void backward_vec_range(
           float lg[kLanes], dg[kLanes];
           int64_t j = 0;
           for (; j + 4 <= count; j += 4) {
-            if (!kept) {
+            if constexpr (!kKeep) {
               const vf4 l4 = hsum_x4(qdot(j), qdot(j + 1), qdot(j + 2), qdot(j + 3));
               std::memcpy(lg + j, &l4, sizeof(l4));
             }
             const vf4 d4 = hsum_x4(gdot(j), gdot(j + 1), gdot(j + 2), gdot(j + 3));
             std::memcpy(dg + j, &d4, sizeof(d4));
           }
-          for (; j < count; ++j) lg[j] = kept ? 0.0f : hsum(qdot(j)), dg[j] = hsum(gdot(j));
+          for (; j < count; ++j) lg[j] = kKeep ? 0.0f : hsum(qdot(j)), dg[j] = hsum(gdot(j));
           for (; j < kLanes; ++j) lg[j] = dg[j] = 0.0f;
-          if (!kept) logit = loadv(lg);
+          if constexpr (!kKeep) logit = loadv(lg);
           dprob = loadv(dg);
         }
-        if (kept) {
+        if constexpr (kKeep) {
           logit = loadv(kept + kLanes * c);
         } else if (bias) {
           logit += gather_bias(bias, bi + base, count);
@@ -896,17 +906,25 @@ void backward_vec(
   // load_split (one shift or mask per 16 elements instead of a shuffle and a shift) and dQ, dK and
   // dV accumulate in its lane order, rounded back interleaved. Bit-identical, 2-5% faster.
   constexpr bool kSplit = kSplitRows<scalar_t, ND> && kSplitRows<scalar_t, NDV>;
-  auto run = [&](auto split) {
+  auto run = [&](auto split, auto keep) {
     at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
-      backward_vec_range<scalar_t, ND, NDV, decltype(split)::value>(
+      backward_vec_range<scalar_t, ND, NDV, decltype(split)::value, decltype(keep)::value>(
           dout, q, k, v, qs, ks, vs, rpb, out, lse, logits, nbr, bidx, valid, dlse, f32, drpb, low,
           B, N, H, G, P, R, scale, begin, end);
     });
   };
+  // With the forward's logits, or computing them again (no runtime test in the chunk loop).
+  auto with_keep = [&](auto split) {
+    if (logits) {
+      run(split, std::true_type{});
+    } else {
+      run(split, std::false_type{});
+    }
+  };
   if (low.dk) {
-    run(std::bool_constant<kSplit>{});
+    with_keep(std::bool_constant<kSplit>{});
   } else {
-    run(std::false_type{});
+    with_keep(std::false_type{});
   }
 }
 
