@@ -33,6 +33,8 @@ def create_train_transform(
     """Random resized crop, flip, colour jitter or RandAugment, normalise, random erasing.
 
     ``interpolation`` overrides the config's (``"random"`` picks one per image, as in DeiT).
+    ``color_jitter=0`` adds no jitter step (timm would add one that changes nothing but still
+    draws a random permutation per image).
     """
     interpolation = interpolation or data_config["interpolation"]
     _check_interpolation(interpolation, (*INTERPOLATIONS, "random"))
@@ -42,7 +44,7 @@ def create_train_transform(
         scale=tuple(scale) if scale else None,
         ratio=tuple(ratio) if ratio else None,
         hflip=hflip,
-        color_jitter=color_jitter,
+        color_jitter=color_jitter or None,
         auto_augment=auto_augment or None,
         interpolation=interpolation,
         mean=data_config["mean"],

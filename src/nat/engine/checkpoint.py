@@ -40,9 +40,9 @@ def resumed_settings(
     path: str | os.PathLike[str],
 ) -> dict[str, Any]:
     """The settings a run resumed from checkpoint ``state`` continues with: the saved ones, except
-    the ``runtime`` settings (output, workers, ...), which do not change the numbers and are taken
-    from ``requested``. Any other requested setting that differs from the saved one is an error,
-    and so is a checkpoint that is not of ``format``."""
+    the ``runtime`` settings (output, workers, ...), which do not change the model, data or recipe
+    and are taken from ``requested``. Any other requested setting that differs from the saved one
+    is an error, and so is a checkpoint that is not of ``format``."""
     if state.get("format") != format:
         raise CheckpointError(f"{path} is not a {format} checkpoint; cannot resume")
     saved = state["config"]

@@ -65,12 +65,19 @@ class ConvTokenizer(nn.Module):
         self.norm = norm_layer(embed_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = _reduced_precision_cpu(x)
-        if dtype is not None:
-            # oneDNN's bf16/fp16 convolutions run about twice as fast on channels-last input, with
-            # the same results (float32 ones would change at rounding level: left as they are).
-            # One copy casts (as autocast would) and changes the layout.
-            x = x.to(dtype=dtype, memory_format=torch.channels_last)
+        if isinstance(x, torch.fx.Proxy):
+            # A traced graph cannot branch on the device: it records the layout change (a copy,
+            # the same results on any device), so that it computes what eager CPU calls do.
+            x = x.contiguous(memory_format=torch.channels_last)
+        elif x.device.type == "cpu":
+            # oneDNN's CPU convolutions run faster on channels-last input: bf16/fp16 ones about
+            # twice as fast, with the same results; float32 ones, NAT-Tiny's tokenizer at batch 8
+            # on a Zen 3 EPYC, 56 -> 37 ms for a training step and 29 -> 12 ms for inference,
+            # with outputs equal to rounding (another algorithm; docs/benchmarks.md, round
+            # fourteen). The output's permute is then already contiguous for the LayerNorm. One
+            # copy casts (as autocast would, for a reduced-precision convolution) and changes the
+            # layout.
+            x = x.to(dtype=_reduced_precision_cpu(x) or x.dtype, memory_format=torch.channels_last)
         return self.norm(self.proj(x).permute(0, 2, 3, 1))
 
 

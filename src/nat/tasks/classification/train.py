@@ -3,8 +3,8 @@ scheduler, EMA) on the engine's fit loop (:func:`nat.engine.fit`), in one proces
 under ``torchrun``), resuming exactly.
 
 Shuffling and worker seeds depend only on (seed, epoch, rank), and evaluation draws no global
-random numbers, so a run killed at any moment and resumed ends bit-identical (on CPU) to an
-uninterrupted one.
+random numbers, so a run killed at any moment and resumed (with the same ``workers``) ends
+bit-identical (on CPU) to an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -44,7 +44,10 @@ from .model import TRAIN_CHECKPOINT_FORMAT, create_classifier, load_classifier_w
 __all__ = ["RUNTIME_SETTINGS", "TrainResult", "create_optimizer", "train"]
 
 RUNTIME_SETTINGS = frozenset({"output", "workers", "device", "eval_batch_size"})
-"""Settings that may change when a run is resumed: they do not affect the numbers."""
+"""Settings that may change when a run is resumed: where its files go, the device and the
+data loading, not the model, data or recipe. (A different ``workers`` draws other random
+augmentations from there on, so the resumed run is then not bit-identical to an uninterrupted
+one.)"""
 
 
 @dataclass

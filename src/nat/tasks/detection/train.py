@@ -52,8 +52,10 @@ __all__ = [
 
 TRAIN_CHECKPOINT_FORMAT = "nat-detection-train-v1"
 RUNTIME_SETTINGS = frozenset({"output", "workers", "device", "eval_batch_size", "epochs"})
-"""Settings that may change when a run is resumed: they do not affect the numbers (the learning
-rate depends on the milestones, not on ``epochs``, so a run can be resumed for more epochs)."""
+"""Settings that may change when a run is resumed: where its files go, the device, the data
+loading and ``epochs`` (the learning rate depends on the milestones, not on ``epochs``, so a run
+can be resumed for more epochs). A different ``workers`` draws other random augmentations from
+there on, so the resumed run is then not bit-identical to an uninterrupted one."""
 SHAPES_SEED = 0
 """The synthetic dataset is the same for every run (the training seed does not change it)."""
 

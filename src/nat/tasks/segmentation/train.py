@@ -42,7 +42,10 @@ from .model import build_model, sync_batchnorm
 __all__ = ["RUNTIME_SETTINGS", "SegmentResult", "segmentation_loss", "train"]
 
 RUNTIME_SETTINGS = frozenset({"output", "workers", "device"})
-"""Settings that may change when a run is resumed: they do not affect the numbers."""
+"""Settings that may change when a run is resumed: where its files go, the device and the
+data loading, not the model, data or recipe. (A different ``workers`` draws other random
+augmentations from there on, so the resumed run is then not bit-identical to an uninterrupted
+one.)"""
 
 
 @dataclass
