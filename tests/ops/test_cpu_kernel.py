@@ -153,4 +153,4 @@ def test_native_build_uses_16_lanes_exactly_where_the_cpu_has_avx512():
         if line.startswith("flags")
     )
     avx512 = {"avx512f", "avx512bw", "avx512vl"} <= set(flags)
-    assert cpu.vector_lanes() == (16 if avx512 else 8)
+    assert cpu.load().vector_lanes() == (16 if avx512 else 8)

@@ -4,6 +4,13 @@ The kernel (``na_cpu.cpp``) is compiled once per machine, the first time it is n
 ``python -m nat.ops.cpu``, which ``make install`` runs), and cached by PyTorch. Without a working
 compiler the backend reports itself unavailable and the dispatcher falls back to the composite
 ``torch`` backend.
+
+On AMD CPUs with AVX-512 it is compiled twice: float32 calls run a build with 8-lane (256-bit)
+vectors, everything else the native 16-lane one (with AVX512-BF16's dot products where the CPU
+has them). On a Zen 5 EPYC the 16-lane build's float32 calls ran up to 1.9x slower than the
+8-lane one's, depending on where their tensors lay, while its bfloat16 calls took 0.69-0.75x the
+8-lane build's time (``docs/benchmarks.md``, round sixteen). The environment variable
+``NAT_CPU_FLOAT32_LANES`` (``8`` or ``16``) overrides the choice.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import functools
 import hashlib
 import logging
 import math
+import os
 import platform
 from pathlib import Path
 from types import ModuleType
@@ -22,12 +30,16 @@ from ..spec import NAParams, neighbor_table
 from ..torch_backend import heads_last
 
 __all__ = [
+    "FLOAT32_LANES_VARIABLE",
     "is_available",
+    "lanes_for",
     "load",
+    "module_for",
     "na_backward",
     "na_backward_packed",
     "na_forward",
     "na_forward_saving",
+    "narrow_float32",
     "saved_shape",
     "vector_lanes",
 ]
@@ -48,12 +60,14 @@ def _machine_tag() -> str:
 
 
 @functools.cache
-def load() -> ModuleType | None:
+def load(narrow: bool = False) -> ModuleType | None:
     """The compiled extension, or ``None`` (with a logged reason) when it cannot be built.
 
-    The first call on a machine compiles it (30-60 s) and says so in one line on stderr; later
-    calls load the cached build silently. The source is compiled from a copy inside the build
-    directory, so every checkout or install of the same source shares one build.
+    ``narrow``: the build with 8-lane vectors even where the CPU has AVX-512 (``-DNAT_LANES8``);
+    otherwise the native one. The first call on a machine compiles it (30-60 s) and says so in
+    one line on stderr; later calls load the cached build silently. The source is compiled from a
+    copy inside the build directory, so every checkout or install of the same source shares one
+    build.
     """
     import sys
 
@@ -66,7 +80,7 @@ def load() -> ModuleType | None:
     try:
         from torch.utils import cpp_extension
 
-        name = f"nat_cpu_{_machine_tag()}"
+        name = f"nat_cpu{'8' if narrow else ''}_{_machine_tag()}"
         build = Path(cpp_extension._get_build_directory(name, verbose=False))
         source = build / _SOURCE.name
         code = _SOURCE.read_bytes()
@@ -75,14 +89,16 @@ def load() -> ModuleType | None:
         ninja = build / "build.ninja"
         if not (build / f"{name}.so").is_file() or str(source) not in ninja.read_text():
             print(
-                "nat: compiling the fused CPU kernel for this machine (once, 30-60 s) ...",
+                f"nat: compiling the fused CPU kernel{' (8-lane float32 build)' if narrow else ''}"
+                " for this machine (once, 30-60 s) ...",
                 file=sys.stderr,
                 flush=True,
             )
         return cpp_extension.load(
             name=name,
             sources=[str(source)],
-            extra_cflags=["-O3", "-march=native", "-fopenmp", "-ffp-contract=fast"],
+            extra_cflags=["-O3", "-march=native", "-fopenmp", "-ffp-contract=fast"]
+            + (["-DNAT_LANES8"] if narrow else []),
             extra_ldflags=["-fopenmp"],
             build_directory=str(build),
             verbose=False,
@@ -100,12 +116,61 @@ def is_available() -> bool:
     return load() is not None
 
 
+FLOAT32_LANES_VARIABLE = "NAT_CPU_FLOAT32_LANES"
+"""Environment variable choosing the float32 calls' build where the CPU has AVX-512: ``8``
+(the narrow build) or ``16`` (the native one); unset, :func:`narrow_float32` decides."""
+
+
+def _cpu_vendor() -> str:
+    """``vendor_id`` from ``/proc/cpuinfo`` (``AuthenticAMD``, ``GenuineIntel``); ``""`` if none."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return ""
+    vendors = (line.split(":", 1)[1].strip() for line in lines if line.startswith("vendor_id"))
+    return next(vendors, "")
+
+
+@functools.cache
+def narrow_float32() -> bool:
+    """Whether float32 calls run the 8-lane build although the native one has 16 lanes.
+
+    ``NAT_CPU_FLOAT32_LANES`` decides when set (``8``: yes, ``16``: no); otherwise yes on AMD
+    CPUs (measured on Zen 5, module docstring), no elsewhere. Always no where the native build
+    already has 8 lanes (no AVX-512) or is missing.
+    """
+    choice = os.environ.get(FLOAT32_LANES_VARIABLE, "").strip()
+    if choice not in ("", "8", "16"):
+        raise ValueError(f"{FLOAT32_LANES_VARIABLE}={choice!r}; expected 8, 16 or unset")
+    native = load()
+    if native is None or int(native.vector_lanes()) == 8:
+        return False
+    return choice == "8" if choice else _cpu_vendor() == "AuthenticAMD"
+
+
+def module_for(dtype: torch.dtype) -> ModuleType | None:
+    """The build that runs ``dtype`` calls: the 8-lane one for float32 where
+    :func:`narrow_float32` (the native one if it cannot be built), the native one otherwise."""
+    if dtype == torch.float32 and narrow_float32():
+        narrow = load(narrow=True)
+        if narrow is not None:
+            return narrow
+    return load()
+
+
+def lanes_for(dtype: torch.dtype) -> int:
+    """float32 lanes per vector in the vector path of the build that runs ``dtype`` calls: 16
+    with AVX-512, 8 elsewhere (one AVX2 register on x86) and in the narrow build; 0 when the
+    kernel is not built."""
+    module = module_for(dtype)
+    return 0 if module is None else int(module.vector_lanes())
+
+
 @torch.compiler.assume_constant_result
 def vector_lanes() -> int:
-    """float32 lanes per vector in the kernel's vector path as built for this CPU: 16 where it has
-    AVX-512, 8 elsewhere (one AVX2 register on x86); 0 when the kernel is not built."""
-    module = load()
-    return 0 if module is None else int(module.vector_lanes())
+    """:func:`lanes_for` float32: the float32 calls' vector width (a constant for
+    ``torch.compile``)."""
+    return lanes_for(torch.float32)
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
@@ -143,7 +208,7 @@ def na_forward(
 def _kernel_forward(query, key, value, rpb, params, keep_logits):
     spatial = tuple(query.shape[1:-2])
     nbr, valid, bias_idx = neighbor_table(spatial, params, query.device)
-    out, lse, logits = load().na_forward(
+    out, lse, logits = module_for(query.dtype).na_forward(
         _rows(query),
         _rows(key),
         _rows(value),
@@ -171,9 +236,9 @@ def _keeps_logits(query: torch.Tensor, value: torch.Tensor, params: NAParams) ->
 
 def saved_shape(query: torch.Tensor, value: torch.Tensor, params: NAParams) -> tuple[int, ...]:
     """The shape of what :func:`na_forward_saving` keeps for the call (``(0,)``: nothing)."""
-    if not _keeps_logits(query, value, params) or vector_lanes() == 0:
+    lanes = lanes_for(query.dtype)
+    if not _keeps_logits(query, value, params) or lanes == 0:
         return (0,)
-    lanes = vector_lanes()
     slots = -(-math.prod(params.kernel_size) // lanes) * lanes
     return (query.shape[0], query.shape[-2], math.prod(query.shape[1:-2]), slots)
 
@@ -224,7 +289,7 @@ def _kernel_backward(grad_out, query, key, value, rpb, out, lse, params, grad_ls
     like it (``None`` without rpb)."""
     spatial = tuple(query.shape[1:-2])
     nbr, valid, bias_idx = neighbor_table(spatial, params, query.device)
-    dq, dk, dv, drpb = load().na_backward(
+    dq, dk, dv, drpb = module_for(query.dtype).na_backward(
         _rows(grad_out).contiguous(),
         _rows(query),
         _rows(key),

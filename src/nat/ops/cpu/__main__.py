@@ -2,8 +2,15 @@
 
 import sys
 
-from . import is_available
+import torch
+
+from . import is_available, lanes_for, narrow_float32
 
 built = is_available()
-print("nat CPU kernel:", "ready" if built else "unavailable: the torch backend will be used")
+if built:
+    lanes = {dtype: lanes_for(dtype) for dtype in (torch.float32, torch.bfloat16)}
+    note = "; float32 in the 8-lane build" if narrow_float32() else ""
+    print(f"nat CPU kernel: ready ({lanes[torch.bfloat16]}-lane vectors{note})")
+else:
+    print("nat CPU kernel: unavailable: the torch backend will be used")
 sys.exit(0 if built else 1)
