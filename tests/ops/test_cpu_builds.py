@@ -56,6 +56,8 @@ def test_a_bad_setting_names_the_variable_its_value_and_the_rule(fresh_choice):
     fresh_choice.setenv(cpu.FLOAT32_LANES_VARIABLE, "32")
     with pytest.raises(ValueError, match=r"NAT_CPU_FLOAT32_LANES='32'; expected 8, 16 or unset"):
         cpu.narrow_float32()
+    with pytest.raises(ValueError, match=r"NAT_CPU_FLOAT32_LANES='32'"):
+        cpu.is_available()  # refused before any backend is chosen
 
 
 @pytest.mark.skipif(NATIVE_LANES != 16, reason="no AVX-512: one build only")

@@ -48,13 +48,19 @@ _SOURCE = Path(__file__).with_name("na_cpu.cpp")
 _log = logging.getLogger(__name__)
 
 
-def _machine_tag() -> str:
-    """Distinguishes builds for different CPUs: the kernel is compiled with ``-march=native``."""
+def _cpuinfo(field: str) -> str | None:
+    """The first ``field`` line of ``/proc/cpuinfo`` (``flags``, ``vendor_id``), whole; ``None``
+    where there is no such file or line."""
     try:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
-        flags = next(line for line in lines if line.startswith("flags"))
-    except (OSError, StopIteration):
-        flags = platform.processor()
+    except OSError:
+        return None
+    return next((line for line in lines if line.startswith(field)), None)
+
+
+def _machine_tag() -> str:
+    """Distinguishes builds for different CPUs: the kernel is compiled with ``-march=native``."""
+    flags = _cpuinfo("flags") or platform.processor()
     source = _SOURCE.read_bytes()
     return hashlib.sha256(flags.encode() + source).hexdigest()[:10]
 
@@ -112,8 +118,14 @@ def load(narrow: bool = False) -> ModuleType | None:
 
 @torch.compiler.assume_constant_result
 def is_available() -> bool:
-    """Whether the kernel is built (building it on first call); a constant under torch.compile."""
-    return load() is not None
+    """Whether the kernel is built (building it on first call); a constant under torch.compile.
+
+    Raises ``ValueError`` for a malformed ``NAT_CPU_FLOAT32_LANES`` (:func:`narrow_float32`), so
+    that the setting is refused before any backend is chosen, not call by call."""
+    if load() is None:
+        return False
+    narrow_float32()
+    return True
 
 
 FLOAT32_LANES_VARIABLE = "NAT_CPU_FLOAT32_LANES"
@@ -123,12 +135,8 @@ FLOAT32_LANES_VARIABLE = "NAT_CPU_FLOAT32_LANES"
 
 def _cpu_vendor() -> str:
     """``vendor_id`` from ``/proc/cpuinfo`` (``AuthenticAMD``, ``GenuineIntel``); ``""`` if none."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return ""
-    vendors = (line.split(":", 1)[1].strip() for line in lines if line.startswith("vendor_id"))
-    return next(vendors, "")
+    line = _cpuinfo("vendor_id")
+    return "" if line is None else line.split(":", 1)[1].strip()
 
 
 @functools.cache
