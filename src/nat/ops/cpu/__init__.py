@@ -9,7 +9,9 @@ On AMD CPUs with AVX-512 it is compiled twice: float32 calls run a build with 8-
 vectors, everything else the native 16-lane one (with AVX512-BF16's dot products where the CPU
 has them). On a Zen 5 EPYC the 16-lane build's float32 calls ran up to 1.9x slower than the
 8-lane one's, depending on where their tensors lay, while its bfloat16 calls took 0.69-0.75x the
-8-lane build's time (``docs/benchmarks.md``, round sixteen). The environment variable
+8-lane build's time (``docs/benchmarks.md``, round sixteen). With round seventeen's kernel the two
+builds gave NAT-Tiny's float32 training step and inference pass the same speed there. The
+environment variable
 ``NAT_CPU_FLOAT32_LANES`` (``8`` or ``16``) overrides the choice.
 """
 
@@ -213,19 +215,41 @@ def na_forward(
     return out, lse
 
 
+@functools.lru_cache(maxsize=256)
+def _distinct_bias_rows(spatial, kernel_size, stride, dilation, is_causal):
+    params = NAParams(kernel_size, stride, dilation, is_causal, 1.0)
+    bias_idx = neighbor_table(spatial, params, torch.device("cpu"))[2]
+    rows, pattern = torch.unique(bias_idx, dim=0, return_inverse=True)
+    return rows.to(torch.int32).contiguous(), pattern.to(torch.int32).contiguous()
+
+
+def _tables(spatial: tuple[int, ...], params: NAParams):
+    """The kernel's tables: neighbours ``[N, P]``, valid ``[N, P]`` or ``None``, the distinct rows
+    of the rpb index table ``[U, P]`` and each query's row ``[N]``. Queries whose windows sit alike
+    around them share a row: without dilation at most ``prod(kernel_size)`` rows however large
+    the map, so the kernel turns rpb into those rows of biases once per call and loads them
+    (``BiasRows`` in ``na_cpu.cpp``). Cached per geometry."""
+    nbr, valid, _ = neighbor_table(spatial, params, torch.device("cpu"))
+    rows, pattern = _distinct_bias_rows(
+        spatial, params.kernel_size, params.stride, params.dilation, params.is_causal
+    )
+    return nbr, valid, rows, pattern
+
+
 def _kernel_forward(query, key, value, rpb, params, keep_logits):
     spatial = tuple(query.shape[1:-2])
-    nbr, valid, bias_idx = neighbor_table(spatial, params, query.device)
+    nbr, valid, bias_rows, pattern = _tables(spatial, params)
     out, lse, logits = module_for(query.dtype).na_forward(
         _rows(query),
         _rows(key),
         _rows(value),
         _rpb_rows(rpb),
         nbr,
-        bias_idx,
+        bias_rows,
         valid,
         params.scale,
         keep_logits,
+        pattern,
     )
     return out.reshape(*query.shape[:-1], value.shape[-1]), lse, logits
 
@@ -296,7 +320,7 @@ def _kernel_backward(grad_out, query, key, value, rpb, out, lse, params, grad_ls
     """The kernel's four gradients (head-major, or views of ``dqkv`` when given), rpb's shaped
     like it (``None`` without rpb)."""
     spatial = tuple(query.shape[1:-2])
-    nbr, valid, bias_idx = neighbor_table(spatial, params, query.device)
+    nbr, valid, bias_rows, pattern = _tables(spatial, params)
     dq, dk, dv, drpb = module_for(query.dtype).na_backward(
         _rows(grad_out).contiguous(),
         _rows(query),
@@ -306,12 +330,13 @@ def _kernel_backward(grad_out, query, key, value, rpb, out, lse, params, grad_ls
         _rows(out).contiguous(),
         lse.contiguous(),
         nbr,
-        bias_idx,
+        bias_rows,
         valid,
         None if grad_lse is None else grad_lse.to(lse.dtype).contiguous(),
         params.scale,
         dqkv,
         saved,
+        pattern,
     )
     return dq, dk, dv, None if rpb is None else drpb.to(rpb.dtype).reshape(rpb.shape)
 
