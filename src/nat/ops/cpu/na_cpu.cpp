@@ -451,7 +451,7 @@ inline vf expv(vf x) {
 
 // Per-thread scratch slots (AlignedFloats).
 constexpr int kSlotScores = 0, kSlotGrads = 1, kSlotBias = 2, kSlotQueries = 3, kSlotOutGrads = 4,
-              kScratchSlots = 5;
+              kSlotBiasGrads = 5, kScratchSlots = 6;
 
 // A float32 buffer whose data start on a 64-byte boundary, so that its vector rows never straddle
 // a cache line. std::vector's data start 16 bytes past one: every row access to the bf16/fp16
@@ -695,7 +695,8 @@ void forward_vec_range(
       vf vmax = splat(-kInf);
       for (int64_t c = 0; c < chunks; ++c) {
         const int64_t base = kLanes * c, count = std::min<int64_t>(kLanes, P - base);
-        vf sc = QueryRow<scalar_t, ND>::scaled(window_dots(qrow, kb, ks.n, nb + base, count), scale);
+        vf sc = window_dots(qrow, kb, ks.n, nb + base, count);
+        sc = QueryRow<scalar_t, ND>::scaled(sc, scale);
         if (bias) sc += loadv(bias + base);
         sc = chunk_lanes(base, P, ok) ? sc : splat(-kInf);
         s[c] = sc;
@@ -815,11 +816,17 @@ void backward_vec_range(
   // P and dS: the whole slice's for kGather's pass two, else one query's (reused, in L1).
   AlignedFloats s_buf(kSlotScores, padded * (kGather ? N : 1));
   AlignedFloats dp_buf(kSlotGrads, padded * (kGather ? N : 1));
-  // The slice's query rows times the scale and its dO rows, as float32 (in load_split's lane order
-  // where kSplit), copied in pass one for pass two: contiguous rows, where the inputs' rows lie H * D or 3 * H * D apart
-  // (NAT-Tiny's level 3 float32 backward took 1.46x as long reading them in place).
-  AlignedFloats q_rows(kSlotQueries, kGather ? N * D : 0), g_rows(kSlotOutGrads, kGather ? N * Dv : 0);
+  // The slice's query rows times the scale and its dO rows, as float32 (in load_split's lane
+  // order where kSplit), copied in pass one for pass two: contiguous rows, where the inputs'
+  // rows lie H * D or 3 * H * D apart.
+  AlignedFloats q_rows(kSlotQueries, kGather ? N * D : 0);
+  AlignedFloats g_rows(kSlotOutGrads, kGather ? N * Dv : 0);
+  // dRPB: each query's dS added (vector adds) to its bias row's sums, which go into the rpb
+  // entries they index once the slice is done; per query and slot where there are no bias rows.
+  const bool by_rows = drpb && bias_rows.pattern;
+  AlignedFloats ds_rows(kSlotBiasGrads, by_rows ? padded * bias_rows.per_head : 0);
   for (int64_t work = begin; work < end; ++work) {
+    if (by_rows) ds_rows.zero();
     const int64_t h = work % H;
     const int64_t b = work / H;
     const int64_t v_base = b * N * H * Dv + h * Dv;
@@ -936,8 +943,12 @@ void backward_vec_range(
           float* dkp = dk_slice + key * D;
           float* dvp = dv_slice + key * Dv;
           const float ds = dss[p], prob = probs[p];
-          for (int j = 0; j < ND; ++j) storev(dkp + kLanes * j, loadv(dkp + kLanes * j) + ds * qv[j]);
-          for (int j = 0; j < NDV; ++j) storev(dvp + kLanes * j, loadv(dvp + kLanes * j) + prob * dov[j]);
+          for (int j = 0; j < ND; ++j) {
+            storev(dkp + kLanes * j, loadv(dkp + kLanes * j) + ds * qv[j]);
+          }
+          for (int j = 0; j < NDV; ++j) {
+            storev(dvp + kLanes * j, loadv(dvp + kLanes * j) + prob * dov[j]);
+          }
         }
       };
       int64_t p = 0;
@@ -948,7 +959,12 @@ void backward_vec_range(
       } else {
         for (; p < P; ++p) gather(p, dqv);
       }
-      if (drpb_slice) {
+      if (by_rows) {
+        float* sums = ds_rows.data + bias_rows.pattern[n] * padded;
+        for (int64_t c = 0; c < chunks; ++c) {
+          storev(sums + kLanes * c, loadv(sums + kLanes * c) + dp[c]);
+        }
+      } else if (drpb_slice) {
         const int32_t* bi = bias_rows.indices(n);
         for (int64_t p = 0; p < P; ++p) drpb_slice[bi[p]] += dss[p];
       }
@@ -961,6 +977,12 @@ void backward_vec_range(
     }
     // dRPB: dS summed into each bias row's slots (vector adds), then added to the rpb entries
     // they index.
+    if (by_rows) {
+      for (int64_t u = 0; u < bias_rows.per_head; ++u) {
+        const int32_t* bi = bias_rows.bidx + u * P;
+        for (int64_t p = 0; p < P; ++p) drpb_slice[bi[p]] += ds_rows.data[u * padded + p];
+      }
+    }
     if constexpr (!kGather) continue;
     // 2. dK and dV, key by key, from the slice's P and dS, summed in ascending query order. For
     // bf16/fp16 rows of one or two vectors, two sets of accumulators (even and odd pairs), so that
@@ -1277,8 +1299,11 @@ std::vector<torch::Tensor> na_backward(
   // apart; float32 head-major ones, contiguous per slice, are scattered into query by query
   // (zeroed first), which measured 9-46% faster there at NAT-Tiny's levels 2-4 (Zen 5 EPYC).
   const bool by_key = low || packed32;
-  auto dk = by_key ? torch::empty({rows, H, N, D}, acc_opts) : torch::zeros({rows, H, N, D}, acc_opts);
-  auto dv = by_key ? torch::empty({rows, H, N, Dv}, acc_opts) : torch::zeros({rows, H, N, Dv}, acc_opts);
+  const auto grad_rows = [&](int64_t d) {
+    return by_key ? torch::empty({rows, H, N, d}, acc_opts) : torch::zeros({rows, H, N, d}, acc_opts);
+  };
+  auto dk = grad_rows(D);
+  auto dv = grad_rows(Dv);
   // What the vector path writes float32 gradients into, as [B, N, heads, D] views.
   const auto f32_view = [&](const torch::Tensor& head_major, int64_t i) {
     return packed32 ? dqkv->select(2, i) : head_major.transpose(1, 2);
