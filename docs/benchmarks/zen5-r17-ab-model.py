@@ -60,6 +60,8 @@ class OldKernel:
 
     def na_backward(self, *args, bias_pattern=None):
         args = list(args)
+        if len(args) == 15:  # (..., dqkv, logits, bias_pattern) passed by position
+            bias_pattern = args.pop()
         args[8] = self._full(args[8], bias_pattern)
         return old.na_backward(*args)
 
