@@ -12,6 +12,7 @@ Run from the repository root: ``python docs/benchmarks/zen5-r17-ab-kernel.py`` (
 
 import os
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,12 +23,34 @@ from torch.utils import cpp_extension
 from nat.ops.cpu import _tables
 from nat.ops.spec import NAParams, neighbor_table
 
-MODE = os.environ.get("MODE", "bwd")
-NARROW = os.environ.get("NARROW") == "1"
-COLD = os.environ.get("COLD") == "1"
-R = int(os.environ.get("R", "15"))
-DTYPE = getattr(torch, os.environ.get("DTYPE", "bfloat16"))
+SETTINGS = {  # variable: (default, allowed values)
+    "MODE": ("bwd", ("fwd", "bwd")),
+    "NARROW": ("0", ("0", "1")),
+    "COLD": ("0", ("0", "1")),
+    "DTYPE": ("bfloat16", ("float32", "bfloat16", "float16")),
+    "R": ("15", tuple(str(r) for r in range(1, 1001))),
+}
+env = {name: os.environ.get(name, default) for name, (default, _) in SETTINGS.items()}
+for name, (_, allowed) in SETTINGS.items():
+    if env[name] not in allowed:
+        shown = "1-1000" if name == "R" else ", ".join(allowed)
+        sys.exit(f"{Path(__file__).name}: {name}={env[name]!r}; expected one of {shown}")
+MODE, NARROW, COLD = env["MODE"], env["NARROW"] == "1", env["COLD"] == "1"
+R, DTYPE = int(env["R"]), getattr(torch, env["DTYPE"])
 torch.set_num_threads(2)
+
+
+def old_source() -> bytes:
+    """Round sixteen's kernel source, from git (run from the repository root)."""
+    try:
+        return subprocess.check_output(
+            ["git", "show", "03f32ea:src/nat/ops/cpu/na_cpu.cpp"], stderr=subprocess.DEVNULL
+        )
+    except (OSError, subprocess.CalledProcessError):
+        sys.exit(
+            f"{Path(__file__).name}: needs git and this repository's history at commit 03f32ea"
+        )
+
 
 work = Path(tempfile.gettempdir()) / "nat-r17-ab"  # kept: later runs reuse the builds
 work.mkdir(exist_ok=True)
@@ -43,9 +66,7 @@ def build_dir(name: str) -> str:
     return str(work / name)
 
 
-write(
-    work / "old.cpp", subprocess.check_output(["git", "show", "03f32ea:src/nat/ops/cpu/na_cpu.cpp"])
-)
+write(work / "old.cpp", old_source())
 write(work / "new.cpp", Path("src/nat/ops/cpu/na_cpu.cpp").read_bytes())
 flags = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=fast"] + (
     ["-DNAT_LANES8"] if NARROW else []

@@ -12,6 +12,7 @@ Run from the repository root: ``python docs/benchmarks/zen5-r17-ab-model.py`` (n
 
 import os
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -25,15 +26,37 @@ from nat.ops import cpu
 
 pin_malloc()
 torch.set_num_threads(2)
+
+
+def old_source() -> bytes:
+    """Round sixteen's kernel source, from git (run from the repository root)."""
+    try:
+        return subprocess.check_output(
+            ["git", "show", "03f32ea:src/nat/ops/cpu/na_cpu.cpp"], stderr=subprocess.DEVNULL
+        )
+    except (OSError, subprocess.CalledProcessError):
+        sys.exit(
+            f"{Path(__file__).name}: needs git and this repository's history at commit 03f32ea"
+        )
+
+
 torch.manual_seed(0)
-R = int(os.environ.get("R", "9"))
-TRAIN = os.environ.get("MODE", "train") == "train"
-DTYPE = getattr(torch, os.environ.get("DTYPE", "bfloat16"))
+SETTINGS = {  # variable: (default, allowed values)
+    "MODE": ("train", ("train", "infer")),
+    "DTYPE": ("bfloat16", ("float32", "bfloat16")),
+    "R": ("9", tuple(str(r) for r in range(1, 1001))),
+}
+env = {name: os.environ.get(name, default) for name, (default, _) in SETTINGS.items()}
+for name, (_, allowed) in SETTINGS.items():
+    if env[name] not in allowed:
+        shown = "1-1000" if name == "R" else ", ".join(allowed)
+        sys.exit(f"{Path(__file__).name}: {name}={env[name]!r}; expected one of {shown}")
+R, TRAIN, DTYPE = int(env["R"]), env["MODE"] == "train", getattr(torch, env["DTYPE"])
 NARROW = torch.float32 == DTYPE and cpu.narrow_float32()
 
 work = Path(tempfile.gettempdir()) / "nat-r17-ab"  # kept: later runs reuse the builds
 work.mkdir(exist_ok=True)
-code = subprocess.check_output(["git", "show", "03f32ea:src/nat/ops/cpu/na_cpu.cpp"])
+code = old_source()
 build = work / f"model-old{'8' if NARROW else ''}"
 build.mkdir(exist_ok=True)
 if not (build / "old.cpp").is_file() or (build / "old.cpp").read_bytes() != code:

@@ -11,8 +11,7 @@ has them). On a Zen 5 EPYC the 16-lane build's float32 calls ran up to 1.9x slow
 8-lane one's, depending on where their tensors lay, while its bfloat16 calls took 0.69-0.75x the
 8-lane build's time (``docs/benchmarks.md``, round sixteen). With round seventeen's kernel the two
 builds gave NAT-Tiny's float32 training step and inference pass the same speed there. The
-environment variable
-``NAT_CPU_FLOAT32_LANES`` (``8`` or ``16``) overrides the choice.
+environment variable ``NAT_CPU_FLOAT32_LANES`` (``8`` or ``16``) overrides the choice.
 """
 
 from __future__ import annotations

@@ -761,9 +761,8 @@ using LowGrads = GradRows<scalar_t>;
 
 // For each key, the (query, window slot) pairs whose window holds it, in ascending query order:
 // pairs[start[j] .. start[j + 1]), each (query n, n * padded + slot: where the backward keeps the
-// slot's P and dS). Slots that `valid` masks are left
-// out (their probability and dS are 0). Built by the calling thread, in its own memory kept
-// between calls (as AlignedFloats), valid until its next call.
+// slot's P and dS). Slots that `valid` masks are left out (their probability and dS are 0). Built
+// per call by the calling thread, in its own memory kept between calls (as AlignedFloats).
 struct InverseTable {
   const int32_t* start;
   const int32_t* pairs;
