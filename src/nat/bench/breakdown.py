@@ -46,7 +46,7 @@ CATEGORIES: dict[str, tuple[str, ...]] = {
         "aten._scaled_dot_product_cudnn_attention",
         "aten._scaled_dot_product_cudnn_attention_backward",
     ),
-    "matmul": ("aten.mm", "aten.addmm"),
+    "matmul": ("aten.mm", "aten.addmm", "nat.linear", "nat.linear_weight_grad"),
     "convolution": ("aten.convolution", "aten.convolution_backward"),
     "normalisation": (
         "aten.native_layer_norm",
@@ -81,16 +81,18 @@ CATEGORIES: dict[str, tuple[str, ...]] = {
         "aten.index_put_",
     ),
 }
-"""Operator kinds by ``OpOverloadPacket`` name; every op of the ``nat`` namespace is attention,
-and whatever is listed nowhere is ``"other"`` (elementwise arithmetic, reductions, views, the
-optimizer's updates)."""
+"""Operator kinds by ``OpOverloadPacket`` name; every other op of the ``nat`` namespace is
+attention, and whatever is listed nowhere is ``"other"`` (elementwise arithmetic, reductions,
+views, the optimizer's updates)."""
 
 _KIND = {op: kind for kind, ops in CATEGORIES.items() for op in ops}
 
 
 def category(op: str) -> str:
     """The :data:`CATEGORIES` kind of an operator named like ``"aten.mm"`` or ``"nat.na_op"``."""
-    return "attention" if op.startswith("nat.") else _KIND.get(op, "other")
+    if op in _KIND:
+        return _KIND[op]
+    return "attention" if op.startswith("nat.") else "other"
 
 
 _ACTIVE: list[_OpTimer] = []

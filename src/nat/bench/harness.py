@@ -300,6 +300,13 @@ def load_average() -> list[float] | None:
     return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
 
 
+def _cpu_linear() -> str:
+    """Where NAT's float32 CPU linears run (:func:`nat.nn.cpu_linear_backend`)."""
+    from ..nn import cpu_linear_backend
+
+    return cpu_linear_backend()
+
+
 def machine_info(device: torch.device) -> dict:
     """What the numbers were measured on: CPU, cores, threads, load, library versions, GPU."""
     device = torch.device(device)
@@ -321,6 +328,7 @@ def machine_info(device: torch.device) -> dict:
         "device": str(device),
         "nat": _nat_version(),
         "malloc": _malloc_state,
+        "cpu_linear": _cpu_linear(),
         **_source_revision(),
     }
     try:

@@ -16,6 +16,8 @@ With ``breakdown``, each eager row also carries where its time goes (:mod:`nat.b
 Each row also carries the model's FLOPs for the call (``torch.utils.flop_counter``: forward for
 inference, forward and backward for training) and its share of the GEMM floor: the time those
 FLOPs take at the machine's measured matrix-multiply rate in that dtype, over the measured time.
+The rate is the faster of PyTorch's own product and, for float32 on the CPU, oneDNN's (the one
+:class:`nat.nn.Linear` may use); both are recorded.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 from ..engine import autocast, fused_kwargs
+from ..nn import use_nat_linear
+from ..nn.linear import onednn_available
 from .breakdown import breakdown as time_operators
 from .breakdown import mark
 from .harness import Measurement, load_average, machine_info, measure_group, synchronize
@@ -128,21 +132,46 @@ def _flops(call: Callable[[], None]) -> int:
 
 
 def gemm_rate(
-    device: torch.device, dtype: torch.dtype, size: int = 1024, repeats: int = 5
+    device: torch.device,
+    dtype: torch.dtype,
+    size: int = 1024,
+    repeats: int = 5,
+    library: str = "torch",
 ) -> float:
     """The machine's matrix-multiply rate in FLOP/s: the best of ``repeats`` square
-    ``size``-by-``size`` products in ``dtype`` (the threads as set), after one warm-up."""
+    ``size``-by-``size`` products in ``dtype`` (the threads as set), after one warm-up.
+
+    ``library``: ``torch`` (``a @ b``: the BLAS for float32 on the CPU) or ``onednn`` (the
+    product of :class:`nat.nn.Linear`'s oneDNN path; float32 on the CPU only).
+    """
     a = torch.randn(8 * size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
+    if library == "onednn":
+        if device.type != "cpu" or dtype != torch.float32:
+            raise ValueError(f"library='onednn' measures float32 on the CPU; got {device}, {dtype}")
+        weight = b.t().contiguous()
+        product = lambda: torch.ops.nat.linear(a, weight, None)  # noqa: E731
+    elif library == "torch":
+        product = lambda: a @ b  # noqa: E731
+    else:
+        raise ValueError(f"library={library!r}; expected torch or onednn")
     best = float("inf")
     for i in range(repeats + 1):
         synchronize(device)
         start = time.perf_counter()
-        a @ b
+        product()
         synchronize(device)
         if i:
             best = min(best, time.perf_counter() - start)
     return 2 * a.shape[0] * size * size / best
+
+
+def _gemm_rates(device: torch.device, dtype: torch.dtype) -> dict[str, float]:
+    """:func:`gemm_rate` of each library that multiplies ``dtype`` on ``device`` here."""
+    rates = {"torch": gemm_rate(device, dtype)}
+    if device.type == "cpu" and dtype == torch.float32 and onednn_available():
+        rates["onednn"] = gemm_rate(device, dtype, library="onednn")
+    return rates
 
 
 def _compile_first_call(call: Callable[[], None], device: torch.device) -> float | str:
@@ -200,6 +229,7 @@ def run_models(
     onnx: bool = False,
     compile: bool = False,
     breakdown: bool = False,
+    same_linear: bool = False,
 ) -> dict:
     """Measure ``models``; returns the JSON-ready result (rows, skipped models, machine, settings).
 
@@ -210,6 +240,9 @@ def run_models(
     ``breakdown``: after the timed repeats, each eager row's call runs twice more under
     :func:`nat.bench.breakdown.breakdown`, whose result the row carries as ``breakdown``: its
     time per operator kind (attention, matmul, ...) and per phase, and its top operators.
+    ``same_linear``: every model's ``nn.Linear`` layers run as NAT's do
+    (:func:`nat.nn.use_nat_linear`), so that the comparison is like for like where NAT's float32
+    CPU linears run in oneDNN and timm's in the BLAS.
     """
     device = torch.device(device)
     if onnx and (device.type != "cpu" or torch.float32 not in dtypes):
@@ -223,6 +256,8 @@ def run_models(
         try:
             torch.manual_seed(seed)
             loaded[name] = _create(name, device)
+            if same_linear:
+                use_nat_linear(loaded[name])
         except (ValueError, RuntimeError) as err:
             skipped[name] = str(err)
     if baseline not in loaded:
@@ -235,6 +270,7 @@ def run_models(
     steps += breakdown * len(dtypes) * len(loaded) * len(tasks) * _BREAKDOWN_RUNS
     rows = []
     gemm_rates: dict[str, float] = {}
+    gemm_libraries: dict[str, dict[str, float]] = {}
     folder = tempfile.TemporaryDirectory(prefix="nat-bench-onnx-")
     sessions = _onnx_sessions(loaded, img_size, Path(folder.name), generator) if onnx else {}
     with folder, tqdm(total=steps, desc="bench models", unit="call", disable=not progress) as bar:
@@ -275,7 +311,10 @@ def run_models(
             # A compiled call does the eager call's arithmetic: count the eager one.
             flops = {k: _flops(f) for k, f in calls.items() if _runtime(k.split("|")[1]) == "torch"}
             flops |= {key: flops[key.replace("|compiled_", "|")] for key in compile_s}
-            rate = gemm_rates[str(dtype).removeprefix("torch.")] = gemm_rate(device, dtype)
+            by_library = gemm_libraries[str(dtype).removeprefix("torch.")] = _gemm_rates(
+                device, dtype
+            )
+            rate = gemm_rates[str(dtype).removeprefix("torch.")] = max(by_library.values())
             measured = measure_group(calls, device, repeats, warmup, on_step=bar.update)
             measured |= {k: Measurement(error=e) for k, e in compile_errors.items()}
             profiles = {}
@@ -323,6 +362,8 @@ def run_models(
             "compile": compile,
             "breakdown": breakdown,
             "gemm_rate_flops": gemm_rates,
+            "gemm_rate_flops_by_library": gemm_libraries,
+            "same_linear": same_linear,
             "baseline": baseline,
             "target": target,
             "train_step": "forward + cross-entropy + backward + AdamW step (fused on CPU and CUDA)",

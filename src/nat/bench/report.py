@@ -338,6 +338,13 @@ def format_result(result: dict) -> str:
         lines += ["", compiled_table(result)]
     if result["benchmark"] == "models" and settings.get("gemm_rate_flops"):
         lines += ["", floor_table(result)]
+        for dtype, rates in settings.get("gemm_rate_flops_by_library", {}).items():
+            each = ", ".join(f"{name} {rate / 1e9:.0f}" for name, rate in rates.items())
+            lines.append(f"{dtype} GEMM GFLOP/s by library: {each} (the floor takes the fastest)")
+        machine = result.get("machine", {})
+        if machine.get("cpu_linear"):
+            same = " (every model's, --same-linear)" if settings.get("same_linear") else ""
+            lines.append(f"NAT's float32 CPU linears: {machine['cpu_linear']}{same}")
     if settings.get("breakdown"):
         lines += ["", "where the time goes (operators timed one by one):", breakdown_tables(result)]
     for name, why in result.get("skipped", {}).items():

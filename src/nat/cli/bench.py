@@ -170,6 +170,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(attention, matmul, ...) and phase (forward, backward, optimizer)",
     )
     models.add_argument(
+        "--same-linear",
+        action="store_true",
+        help="run every model's nn.Linear layers as NAT's run (nat.nn.use_nat_linear): like for "
+        "like where NAT's float32 CPU linears use oneDNN and timm's the BLAS",
+    )
+    models.add_argument(
         "--batch-sizes",
         type=_positive_ints,
         help="inference batch sizes (default: 1,8; on cuda: 64)",
@@ -327,6 +333,8 @@ def run_models_command(args: argparse.Namespace) -> int:
         words.append("--compile")
     if args.breakdown:
         words.append("--breakdown")
+    if args.same_linear:
+        words.append("--same-linear")
     result = bench_models.run_models(
         names,
         device,
@@ -342,6 +350,7 @@ def run_models_command(args: argparse.Namespace) -> int:
         onnx=args.onnx,
         compile=args.compile,
         breakdown=args.breakdown,
+        same_linear=args.same_linear,
     )
     return _finish(args, result)
 

@@ -28,13 +28,15 @@ from timm.models import (
 from timm.models._features import feature_take_indices
 from torch import nn
 
-from ..nn import NeighborhoodAttention2D
+from ..nn import Linear, NeighborhoodAttention2D, use_nat_linear
 
 __all__ = ["NAT", "NATBackbone", "NATBlock", "NATLevel", "NATTrunk", "checkpoint_filter_fn"]
 
 # The attention module checks its input's shape (and pads small inputs) in Python: torch.fx keeps
-# it as one leaf call, as timm does for its own shape-dependent modules.
+# it as one leaf call, as timm does for its own shape-dependent modules. So is the linear, which
+# chooses its product (oneDNN or the BLAS) on the real tensors, as torch.fx keeps nn.Linear.
 register_notrace_module(NeighborhoodAttention2D)
+register_notrace_module(Linear)
 
 
 _REDUCED = (torch.bfloat16, torch.float16)
@@ -126,7 +128,8 @@ class NATBlock(nn.Module):
         )
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = norm_layer(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
+        # timm's Mlp (its keys), with the linears of the attention (nat.nn.Linear).
+        self.mlp = use_nat_linear(Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop))
         self.layer_scale = layer_scale
         if layer_scale is not None:
             self.gamma1 = nn.Parameter(torch.full((dim,), float(layer_scale)))
@@ -463,7 +466,7 @@ class NAT(NATTrunk):
         self.num_features = self.head_hidden_size = embed_dim * 2 ** (self.num_levels - 1)
         self.norm = norm_layer(self.num_features)
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.feature_info = _feature_info(embed_dim, depths)
         self.apply(_init_weights)
 
@@ -477,7 +480,7 @@ class NAT(NATTrunk):
             _check_global_pool(global_pool)
             self.global_pool = global_pool
         self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.head.apply(_init_weights)
 
     def _norm_intermediate(self, index: int, x: torch.Tensor) -> torch.Tensor:

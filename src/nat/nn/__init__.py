@@ -1,5 +1,14 @@
-"""Layers built on the neighborhood attention operator."""
+"""Layers built on the neighborhood attention operator, and the linear they use."""
 
 from .attention import NeighborhoodAttention1D, NeighborhoodAttention2D, NeighborhoodAttention3D
+from .linear import Linear, cpu_linear_backend, set_cpu_linear_backend, use_nat_linear
 
-__all__ = ["NeighborhoodAttention1D", "NeighborhoodAttention2D", "NeighborhoodAttention3D"]
+__all__ = [
+    "Linear",
+    "NeighborhoodAttention1D",
+    "NeighborhoodAttention2D",
+    "NeighborhoodAttention3D",
+    "cpu_linear_backend",
+    "set_cpu_linear_backend",
+    "use_nat_linear",
+]

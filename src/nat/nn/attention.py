@@ -18,6 +18,7 @@ from torch import nn
 
 from ..ops import spec
 from ..ops.dispatch import na_packed_op
+from .linear import Linear
 
 __all__ = ["NeighborhoodAttention1D", "NeighborhoodAttention2D", "NeighborhoodAttention3D"]
 
@@ -76,7 +77,7 @@ class _NeighborhoodAttention(nn.Module):
             self.is_causal,
         )
         self.backend = backend
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.qkv = Linear(dim, dim * 3, bias=qkv_bias)
         if rel_pos_bias:
             spec.check_rpb_window(
                 self.kernel_size, self.stride, self.is_causal, name="rel_pos_bias=True"
@@ -86,7 +87,7 @@ class _NeighborhoodAttention(nn.Module):
         else:
             self.register_parameter("rpb", None)
         self.attn_drop = attn_drop
-        self.proj = nn.Linear(dim, dim)
+        self.proj = Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         self._params = spec.NAParams(
             self.kernel_size, self.stride, self.dilation, self.is_causal, self.scale
