@@ -162,3 +162,30 @@ def test_bench_models_breakdown_adds_where_the_time_goes(tmp_path, capsys):
     assert rows["infer_b1"]["breakdown"]["categories"]["matmul"]["calls"] > 0
     out = capsys.readouterr().out
     assert "where the time goes" in out and "| phase: optimizer |" in out
+
+
+def test_bench_models_same_linear_gives_every_model_nats_linear(tmp_path, capsys):
+    from nat.nn.linear import onednn_available
+
+    path = tmp_path / "models.json"
+    argv = ["bench", "models", "--quick", "--models", "test_vit", "--dtype", "float32"]
+    assert main([*argv, "--batch-sizes", "1", "--same-linear", "--json", str(path), *FAST]) == 0
+    result = json.loads(path.read_text())
+    assert result["settings"]["same_linear"] is True
+    assert "--same-linear" in result["command"]
+    assert result["machine"]["cpu_linear"] in ("onednn", "blas")
+    by_library = result["settings"]["gemm_rate_flops_by_library"]["float32"]
+    assert set(by_library) == ({"torch", "onednn"} if onednn_available() else {"torch"})
+    assert result["settings"]["gemm_rate_flops"]["float32"] == max(by_library.values())
+    out = capsys.readouterr().out
+    assert "float32 GEMM GFLOP/s by library: torch" in out
+    assert "(every model's, --same-linear)" in out
+
+
+def test_gemm_rate_refuses_an_unknown_library_or_a_dtype_onednn_does_not_run():
+    from nat.bench.models import gemm_rate
+
+    with pytest.raises(ValueError, match=r"library='mkl'; expected torch or onednn"):
+        gemm_rate(torch.device("cpu"), torch.float32, size=8, repeats=1, library="mkl")
+    with pytest.raises(ValueError, match=r"library='onednn' measures float32 on the CPU"):
+        gemm_rate(torch.device("cpu"), torch.bfloat16, size=8, repeats=1, library="onednn")
