@@ -1,10 +1,10 @@
 """``Linear``: ``nn.Linear`` whose float32 CPU products can run in oneDNN instead of the BLAS.
 
-PyTorch multiplies float32 matrices on the CPU with its BLAS (MKL in the official builds). MKL
-picks its AVX-512 kernels on Intel CPUs only: on an AMD EPYC Zen 5 it ran a float32 linear at
-190-230 GFLOP/s, where oneDNN's matmul (``torch.ops.mkldnn._linear_pointwise``, which Inductor
-also calls) ran the same products at 460-500 (``docs/benchmarks.md``). bfloat16 and float16
-products already run in oneDNN.
+PyTorch multiplies float32 matrices on the CPU with its BLAS (MKL in the official builds). On an
+AMD EPYC Zen 5, MKL ran float32 products at 190-240 GFLOP/s, as fast as with
+``MKL_ENABLE_INSTRUCTIONS=AVX2`` (asking for AVX512 changed nothing), while oneDNN's matmul
+(``torch.ops.mkldnn._linear_pointwise``, which Inductor also calls) ran the same products with
+AVX-512 at 460-530 (``docs/benchmarks.md``). bfloat16 and float16 products already run in oneDNN.
 
 :func:`linear` runs ``x @ weight.T + bias`` as the op ``nat::linear``, with its fake, autograd
 and FLOP formula next to it, when all of these hold; otherwise it is ``F.linear``:
@@ -63,10 +63,11 @@ def onednn_available() -> bool:
 def onednn_preferred() -> bool:
     """``auto``'s choice: oneDNN where PyTorch's BLAS is MKL, the CPU is AMD's and has AVX-512.
 
-    That is where MKL's float32 kernels are AVX2 ones while oneDNN's use AVX-512: 2.2x faster on
-    a Zen 5 EPYC. On a Zen 3 EPYC (AVX2 only) oneDNN's were slower than MKL's (508 against 472
-    ms over NAT-Tiny's linears, ``docs/benchmarks.md``, round thirteen); on Intel CPUs MKL uses
-    AVX-512 itself.
+    That is where MKL's float32 products ran at its AVX2 rate while oneDNN's used AVX-512: 2.2x
+    faster on a Zen 5 EPYC. On a Zen 3 EPYC (AVX2 only) oneDNN's were slower than MKL's (508
+    against 472 ms over NAT-Tiny's linears, ``docs/benchmarks.md``, round thirteen). On the
+    Sapphire Rapids Xeon of round ten MKL read 311-320 GFLOP/s on two cores, an AVX-512 rate;
+    oneDNN was not compared there, so Intel CPUs keep the BLAS.
     """
     from ..ops.cpu import _cpu_vendor
 
