@@ -92,6 +92,23 @@ def test_non_contiguous_input_and_partial_gradients():
     torch.testing.assert_close(x.grad, torch.ones(3, 5) @ w)
 
 
+def test_double_backward_matches_f_linear():
+    set_cpu_linear_backend("onednn")
+
+    def penalty(fn):
+        gen = torch.Generator().manual_seed(3)
+        x = torch.randn(2, 6, 8, generator=gen, requires_grad=True)
+        w = torch.randn(5, 8, generator=gen, requires_grad=True)
+        b = torch.randn(5, generator=gen, requires_grad=True)
+        y = fn(x, w, b).tanh().sum()
+        gx, gw = torch.autograd.grad(y, (x, w), create_graph=True)
+        (gx.square().sum() + gw.square().sum()).backward()
+        return x.grad, w.grad, b.grad
+
+    for got, want in zip(penalty(nat_linear.linear), penalty(F.linear), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
 def test_the_backend_decides_which_op_runs():
     x, w, b = torch.randn(4, 8), torch.randn(3, 8), torch.randn(3)
     set_cpu_linear_backend("onednn")

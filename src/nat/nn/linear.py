@@ -173,6 +173,28 @@ def _backward(ctx, grad):
 _linear.register_autograd(_backward, setup_context=_setup_context)
 
 
+def _weight_grad_setup_context(ctx, inputs, output):
+    grad, x = inputs
+    ctx.save_for_backward(
+        x if ctx.needs_input_grad[0] else None, grad if ctx.needs_input_grad[1] else None
+    )
+
+
+def _weight_grad_backward(ctx, outer):
+    # dW = grad^T x, so d(grad) = x outer^T and d(x) = grad outer: double backward (a gradient
+    # penalty, say) stays in nat::linear.
+    x, grad = ctx.saved_tensors
+    outer = outer.contiguous()
+    d_grad = _linear(x, outer, None) if ctx.needs_input_grad[0] else None
+    d_x = _linear(grad, outer.t(), None) if ctx.needs_input_grad[1] else None
+    return d_grad, d_x
+
+
+_linear_weight_grad.register_autograd(
+    _weight_grad_backward, setup_context=_weight_grad_setup_context
+)
+
+
 @register_flop_formula(torch.ops.nat.linear)
 def _linear_flops(x_shape, weight_shape, *args, **kwargs):
     return 2 * math.prod(x_shape[:-1]) * weight_shape[1] * weight_shape[0]
