@@ -311,10 +311,9 @@ def run_models(
             # A compiled call does the eager call's arithmetic: count the eager one.
             flops = {k: _flops(f) for k, f in calls.items() if _runtime(k.split("|")[1]) == "torch"}
             flops |= {key: flops[key.replace("|compiled_", "|")] for key in compile_s}
-            by_library = gemm_libraries[str(dtype).removeprefix("torch.")] = _gemm_rates(
-                device, dtype
-            )
-            rate = gemm_rates[str(dtype).removeprefix("torch.")] = max(by_library.values())
+            dtype_name = str(dtype).removeprefix("torch.")
+            by_library = gemm_libraries[dtype_name] = _gemm_rates(device, dtype)
+            rate = gemm_rates[dtype_name] = max(by_library.values())
             measured = measure_group(calls, device, repeats, warmup, on_step=bar.update)
             measured |= {k: Measurement(error=e) for k, e in compile_errors.items()}
             profiles = {}
