@@ -1,4 +1,5 @@
 """Same-process A/B of round seventeen's kernel against round sixteen's (commit 03f32ea).
+OLD=<commit> compares another commit's kernel instead (round nineteen: OLD=c440e72).
 
 Builds both sources with the flags nat.ops.cpu uses (the native build and, with NARROW=1, the
 8-lane one), then times each entry point at NAT-Tiny's four levels (batch 8, head_dim 32, 7 x 7
@@ -11,6 +12,7 @@ Run from the repository root: ``python docs/benchmarks/zen5-r17-ab-kernel.py`` (
 """
 
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -40,16 +42,20 @@ R, DTYPE = int(env["R"]), getattr(torch, env["DTYPE"])
 torch.set_num_threads(2)
 
 
+OLD = os.environ.get("OLD", "03f32ea")
+if not re.fullmatch(r"[0-9a-f]{7,40}", OLD):
+    sys.exit(f"{Path(__file__).name}: OLD={OLD!r}; expected a commit hash (7-40 hex digits)")
+
+
 def old_source() -> bytes:
-    """Round sixteen's kernel source, from git (run from the repository root)."""
+    """The kernel source at commit OLD (round sixteen's by default), from git (run from the
+    repository root)."""
     try:
         return subprocess.check_output(
-            ["git", "show", "03f32ea:src/nat/ops/cpu/na_cpu.cpp"], stderr=subprocess.DEVNULL
+            ["git", "show", f"{OLD}:src/nat/ops/cpu/na_cpu.cpp"], stderr=subprocess.DEVNULL
         )
     except (OSError, subprocess.CalledProcessError):
-        sys.exit(
-            f"{Path(__file__).name}: needs git and this repository's history at commit 03f32ea"
-        )
+        sys.exit(f"{Path(__file__).name}: needs git and this repository's history at commit {OLD}")
 
 
 work = Path(tempfile.gettempdir()) / "nat-r17-ab"  # kept: later runs reuse the builds

@@ -1,6 +1,7 @@
 """Same-process A/B of round seventeen's kernel against round sixteen's (commit 03f32ea) inside
 NAT-Tiny, with Swin-T as the reference: batch 8, 224 x 224, fused AdamW, 2 threads, R repeats
 (default 9) interleaved by nat.bench.harness.measure_group after one warm-up, medians.
+OLD=<commit> compares another commit's kernel instead (round nineteen: OLD=c440e72).
 
 Both sources are built with the flags nat.ops.cpu uses (DTYPE=float32: the build that runs
 float32 here; DTYPE=bfloat16 under torch.autocast: the native one). The old kernel takes the
@@ -11,6 +12,7 @@ Run from the repository root: ``python docs/benchmarks/zen5-r17-ab-model.py`` (n
 """
 
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -28,16 +30,20 @@ pin_malloc()
 torch.set_num_threads(2)
 
 
+OLD = os.environ.get("OLD", "03f32ea")
+if not re.fullmatch(r"[0-9a-f]{7,40}", OLD):
+    sys.exit(f"{Path(__file__).name}: OLD={OLD!r}; expected a commit hash (7-40 hex digits)")
+
+
 def old_source() -> bytes:
-    """Round sixteen's kernel source, from git (run from the repository root)."""
+    """The kernel source at commit OLD (round sixteen's by default), from git (run from the
+    repository root)."""
     try:
         return subprocess.check_output(
-            ["git", "show", "03f32ea:src/nat/ops/cpu/na_cpu.cpp"], stderr=subprocess.DEVNULL
+            ["git", "show", f"{OLD}:src/nat/ops/cpu/na_cpu.cpp"], stderr=subprocess.DEVNULL
         )
     except (OSError, subprocess.CalledProcessError):
-        sys.exit(
-            f"{Path(__file__).name}: needs git and this repository's history at commit 03f32ea"
-        )
+        sys.exit(f"{Path(__file__).name}: needs git and this repository's history at commit {OLD}")
 
 
 torch.manual_seed(0)
