@@ -109,6 +109,101 @@ def test_double_backward_matches_f_linear():
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
+def _autocast_grads(fn, x, w, b):
+    """``fn``'s output under CPU autocast to bf16 and the float32 gradients it sends back."""
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = fn(x, w, b)
+    grad = torch.linspace(-1, 1, out.numel()).view(out.shape).to(out.dtype)
+    tensors = [t for t in (x, w, b) if t is not None and t.requires_grad]
+    return out, out.grad_fn, torch.autograd.grad(out, tensors, grad)
+
+
+@pytest.mark.parametrize(
+    "x_shape, out_features, bias",
+    [
+        ((5, 7), 3, True),  # N < K: the weight gradient as (x.T @ grad).T
+        ((4, 6, 8), 24, True),  # N >= K: as grad.T @ x
+        ((2, 3, 5, 16), 16, False),
+        ((392, 64), 192, True),
+    ],
+)
+def test_bfloat16_autocast_matches_f_linear_to_the_bit(x_shape, out_features, bias):
+    set_cpu_linear_backend("onednn")
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(x_shape, generator=gen, requires_grad=True)
+    w = torch.randn(out_features, x_shape[-1], generator=gen, requires_grad=True)
+    b = torch.randn(out_features, generator=gen, requires_grad=True) if bias else None
+    got, node, got_grads = _autocast_grads(nat_linear.linear, x, w, b)
+    want, _, want_grads = _autocast_grads(F.linear, x, w, b)
+    assert type(node).__name__ == "_BFloat16LinearBackward"  # the bf16 path ran
+    assert got.dtype == want.dtype == torch.bfloat16 and torch.equal(got, want)
+    for g, h in zip(got_grads, want_grads, strict=True):
+        assert g.dtype == h.dtype == torch.float32 and torch.equal(g, h)
+
+
+def test_bfloat16_tensors_without_autocast_match_f_linear_to_the_bit():
+    set_cpu_linear_backend("onednn")
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 7, 12, generator=gen).bfloat16().requires_grad_()
+    w = torch.randn(20, 12, generator=gen).bfloat16().requires_grad_()
+    b = torch.randn(20, generator=gen).bfloat16().requires_grad_()
+    got, got_grads = _grads(nat_linear.linear, x, w, b)
+    want, want_grads = _grads(F.linear, x, w, b)
+    assert torch.equal(got, want)
+    for g, h in zip(got_grads, want_grads, strict=True):
+        assert g.dtype == torch.bfloat16 and torch.equal(g, h)
+    with torch.no_grad():  # inference: oneDNN's product without autograd
+        assert torch.equal(nat_linear.linear(x, w, b), F.linear(x, w, b))
+
+
+def test_bfloat16_partial_gradients_and_double_backward_match_f_linear():
+    set_cpu_linear_backend("onednn")
+    x = torch.randn(6, 12).t()  # [12, 6], strided, no gradient
+    w = torch.randn(5, 6, requires_grad=True)
+    got, _, (gw,) = _autocast_grads(nat_linear.linear, x, w, None)
+    want, _, (hw,) = _autocast_grads(F.linear, x, w, None)
+    assert torch.equal(got, want) and torch.equal(gw, hw)
+
+    def penalty(fn):
+        gen = torch.Generator().manual_seed(3)
+        x = torch.randn(2, 6, 8, generator=gen, requires_grad=True)
+        w = torch.randn(5, 8, generator=gen, requires_grad=True)
+        b = torch.randn(5, generator=gen, requires_grad=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = fn(x, w, b).float().tanh().sum()
+        gx, gw = torch.autograd.grad(y, (x, w), create_graph=True)
+        (gx.square().sum() + gw.square().sum()).backward()
+        return x.grad, w.grad, b.grad
+
+    for got, want in zip(penalty(nat_linear.linear), penalty(F.linear), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("case", ["blas", "float16", "flop-counter", "compiled"])
+def test_bfloat16_path_leaves_other_calls_to_f_linear(case):
+    set_cpu_linear_backend("blas" if case == "blas" else "onednn")
+    x = torch.randn(4, 8, requires_grad=True)
+    w, b = torch.randn(3, 8, requires_grad=True), torch.randn(3, requires_grad=True)
+    dtype = torch.float16 if case == "float16" else torch.bfloat16
+    if case == "flop-counter":
+        counter = FlopCounterMode(display=False)
+        with counter, torch.autocast("cpu", dtype=dtype):
+            nat_linear.linear(x, w, b).sum().backward()
+        assert counter.get_total_flops() == 3 * 2 * 4 * 8 * 3
+        return
+    if case == "compiled":
+        torch._dynamo.reset()
+        fn = torch.compile(nat_linear.linear, fullgraph=True, backend="aot_eager")
+        with torch.autocast("cpu", dtype=dtype):
+            got = fn(x, w, b)
+        with torch.autocast("cpu", dtype=dtype):
+            assert torch.equal(got, F.linear(x, w, b))
+        return
+    with torch.autocast("cpu", dtype=dtype):
+        out = nat_linear.linear(x, w, b)
+    assert out.dtype == dtype and type(out.grad_fn).__name__ != "_BFloat16LinearBackward"
+
+
 def test_the_backend_decides_which_op_runs():
     x, w, b = torch.randn(4, 8), torch.randn(3, 8), torch.randn(3)
     set_cpu_linear_backend("onednn")

@@ -262,24 +262,36 @@ def _packed_backward_wins(qkv: torch.Tensor) -> bool:
     return qkv.dtype == torch.float32 and cpu.vector_lanes() == 8
 
 
+def _autocast_off(device_type: str) -> contextlib.AbstractContextManager:
+    """Autocast off for ``device_type``: ``torch.autocast(enabled=False)`` where it is on, and
+    nothing where it is off already (a backward, mostly), which saves entering and leaving it."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def _backend_forward(name, query, key, value, rpb, params, need_lse):
     """Backend ``name``'s forward for the call, outside autocast (the inputs are already in its
     dtype): what ``nat::na_forward`` runs, and eager calls that skip the op."""
-    with torch.autocast(query.device.type, enabled=False):
+    with _autocast_off(query.device.type):
         return _implementation(name, query, params).forward(
             query, key, value, rpb, params, need_lse
         )
 
 
-def _backend_forward_saving(name, query, key, value, rpb, params):
-    """Backend ``name``'s forward for autograd: output, log-sum-exp, and what its backward reuses
+def _forward_saving(impl, query, key, value, rpb, params):
+    """Backend ``impl``'s forward for autograd: output, log-sum-exp, and what its backward reuses
     (:attr:`Backend.forward_saving`; an empty tensor for a backend that keeps nothing)."""
-    impl = _implementation(name, query, params)
-    with torch.autocast(query.device.type, enabled=False):
+    with _autocast_off(query.device.type):
         if impl.forward_saving is not None:
             return impl.forward_saving(query, key, value, rpb, params)
         out, lse = impl.forward(query, key, value, rpb, params, True)
     return out, lse, lse.new_empty(0, dtype=torch.float32)
+
+
+def _backend_forward_saving(name, query, key, value, rpb, params):
+    """:func:`_forward_saving` for backend ``name``'s implementation of the call."""
+    return _forward_saving(_implementation(name, query, params), query, key, value, rpb, params)
 
 
 def _saved_fake(name, query, value, params) -> tuple[int, ...]:
@@ -303,7 +315,7 @@ def _backend_backward(
 ):
     """Backend ``name``'s four gradients, outside autocast (``nat::na_backward``'s body)."""
     extra = _extra(grad_lse, saved)
-    with torch.autocast(query.device.type, enabled=False):
+    with _autocast_off(query.device.type):
         return _implementation(name, query, params).backward(
             grad_out, query, key, value, rpb, out, lse, params, **extra
         )
@@ -319,9 +331,13 @@ def _backend_backward_packed(name, grad_out, qkv, rpb, out, lse, params, grad_ls
             name, grad_out, query, key, value, rpb, out, lse, params, grad_lse, saved
         )
         return torch.stack((dq, dk, dv), dim=-3), drpb
-    extra = _extra(grad_lse, saved)
-    with torch.autocast(qkv.device.type, enabled=False):
-        return impl.backward_packed(grad_out, qkv, rpb, out, lse, params, **extra)
+    return _backward_packed(impl, grad_out, qkv, rpb, out, lse, params, grad_lse, saved)
+
+
+def _backward_packed(impl, grad_out, qkv, rpb, out, lse, params, grad_lse, saved):
+    """Backend ``impl``'s packed backward (it has one), outside autocast."""
+    with _autocast_off(qkv.device.type):
+        return impl.backward_packed(grad_out, qkv, rpb, out, lse, params, **_extra(grad_lse, saved))
 
 
 def _incoming(grad_out, grad_lse, out):
@@ -507,19 +523,21 @@ _na_packed_forward.register_autograd(_packed_backward, setup_context=_packed_set
 class _EagerNA(torch.autograd.Function):
     """``nat::na_forward``'s autograd for plain eager calls: the same backend functions, called
     without the custom op's dispatch (about 0.1 ms a call each way). Wherever anything records
-    the op (``torch.compile``, export, FlopCounterMode, fake tensors) the registered op runs."""
+    the op (``torch.compile``, export, FlopCounterMode, fake tensors, torch.func transforms) the
+    registered op runs.
+
+    ``forward`` takes ``ctx`` itself: with a separate ``setup_context``, ``apply`` binds its
+    arguments through ``inspect`` on every call (about 20 us of a call's Python).
+    """
 
     @staticmethod
-    def forward(query, key, value, rpb, params, name):
-        return _backend_forward_saving(name, query, key, value, rpb, params)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        query, key, value, rpb, params, name = inputs
+    def forward(ctx, query, key, value, rpb, params, name):
+        output = _backend_forward_saving(name, query, key, value, rpb, params)
         ctx.save_for_backward(query, key, value, rpb, *output)
         ctx.mark_non_differentiable(output[2])
         ctx.params, ctx.name = params, name
         ctx.set_materialize_grads(False)
+        return output
 
     @staticmethod
     def backward(ctx, grad_out, grad_lse, _grad_saved):
@@ -532,26 +550,24 @@ class _EagerNA(torch.autograd.Function):
 
 
 class _EagerPackedNA(torch.autograd.Function):
-    """``nat::na_packed_forward``'s autograd for plain eager calls (see :class:`_EagerNA`)."""
+    """``nat::na_packed_forward``'s autograd for plain eager calls (see :class:`_EagerNA`), on a
+    backend implementation ``impl`` with a packed backward, resolved once for both passes."""
 
     @staticmethod
-    def forward(qkv, rpb, params, name):
-        return _backend_forward_saving(name, *qkv.unbind(-3), rpb, params)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        qkv, rpb, params, name = inputs
+    def forward(ctx, qkv, rpb, params, impl):
+        output = _forward_saving(impl, *qkv.unbind(-3), rpb, params)
         ctx.save_for_backward(qkv, rpb, *output)
         ctx.mark_non_differentiable(output[2])
-        ctx.params, ctx.name = params, name
+        ctx.params, ctx.impl = params, impl
         ctx.set_materialize_grads(False)
+        return output
 
     @staticmethod
     def backward(ctx, grad_out, grad_lse, _grad_saved):
         qkv, rpb, out, lse, saved = ctx.saved_tensors
         grad_out, grad_lse = _incoming(grad_out, grad_lse, out)
-        dqkv, drpb = _backend_backward_packed(
-            ctx.name, grad_out, qkv, rpb, out, lse, ctx.params, grad_lse, saved
+        dqkv, drpb = _backward_packed(
+            ctx.impl, grad_out, qkv, rpb, out, lse, ctx.params, grad_lse, saved
         )
         return dqkv, drpb, None, None
 
@@ -600,10 +616,12 @@ def _na_backward_flops(
 
 
 def _plain_eager() -> bool:
-    """No compiler tracing and no dispatch mode (FlopCounterMode, fake tensors) is watching."""
+    """No compiler tracing, no dispatch mode (FlopCounterMode, fake tensors) and no torch.func
+    transform (grad, vmap: they need the op's own autograd) is watching."""
     return (
         not torch.compiler.is_compiling()
         and torch.utils._python_dispatch._get_current_dispatch_mode() is None
+        and torch._C._functorch.peek_interpreter_stack() is None
     )
 
 
@@ -717,15 +735,12 @@ def na_packed_op(
         rpb = None if rpb is None else rpb.to(dtype)
     query, key, value = qkv.unbind(-3)
     name = resolve_backend(backend, qkv.device, (query, key, value, rpb, params))
-    if (
-        name == "reference"
-        or _implementation(name, query, params).backward_packed is None
-        or not _packed_backward_wins(qkv)
-    ):
+    impl = None if name == "reference" else _implementation(name, query, params)
+    if impl is None or impl.backward_packed is None or not _packed_backward_wins(qkv):
         return _run_resolved(query, key, value, rpb, params, name)
     rpb = None if rpb is None else rpb.contiguous()
     if _plain_eager():
-        return _EagerPackedNA.apply(qkv, rpb, params, name)[0]
+        return _EagerPackedNA.apply(qkv, rpb, params, impl)[0]
     out, *_ = _na_packed_forward(
         qkv,
         rpb,
