@@ -7,6 +7,7 @@ from functools import cache
 import pytest
 import timm
 import torch
+from torch import nn
 
 import nat  # noqa: F401  (registers the variants with timm)
 from nat.models import NAT, NATBackbone, NATBlock
@@ -139,6 +140,35 @@ def test_tokenizer_runs_cpu_convolutions_channels_last(mode):
     # float32 ones agree to rounding.
     tolerance = {"rtol": 1e-2, "atol": 1e-3} if mode == "float16" else {}
     torch.testing.assert_close(out, expected, **tolerance)
+
+
+@pytest.mark.parametrize("mode", ["autocast", "bfloat16"])
+def test_reduced_precision_convolutions_match_autocasts_to_the_bit(mode):
+    # The tokenizer's and downsamplers' convolutions cast their weights straight into
+    # channels-last: the same outputs and gradients as nn.Conv2d's call under autocast.
+    torch.manual_seed(0)
+    model = timm.create_model("nat_mini")
+    dtype = torch.bfloat16 if mode == "bfloat16" else torch.float32
+    for conv, shape in (
+        (model.patch_embed.proj[1], (2, 32, 16, 20)),
+        (model.levels[0].downsample.reduction, (2, 64, 8, 10)),
+    ):
+        conv.to(dtype)
+        x = torch.randn(shape, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        results = []
+        for call in (conv, lambda t, c=conv: nn.Conv2d.forward(c, t)):
+            conv.zero_grad(set_to_none=True)
+            leaf = x.clone().requires_grad_()
+            with torch.autocast("cpu", torch.bfloat16, enabled=mode == "autocast"):
+                out = call(leaf)
+            out.backward(torch.linspace(-1, 1, out.numel()).view(out.shape).to(out.dtype))
+            grads = [leaf.grad] + [p.grad for p in conv.parameters()]
+            results.append((out, grads))
+        (out, grads), (want, want_grads) = results
+        assert out.dtype == torch.bfloat16 and torch.equal(out, want)
+        assert len(grads) == len(want_grads)
+        for g, h in zip(grads, want_grads, strict=True):
+            assert g.dtype == h.dtype and torch.equal(g, h)
 
 
 def test_digits_variant_config():

@@ -121,7 +121,8 @@ def _autocast_grads(fn, x, w, b):
 @pytest.mark.parametrize(
     "x_shape, out_features, bias",
     [
-        ((5, 7), 3, True),  # N < K: the weight gradient as (x.T @ grad).T
+        ((5, 7), 3, True),  # few rows: the weight gradient as grad.T @ x
+        ((4096, 24), 8, True),  # many rows, N < K: as (x.T @ grad).T
         ((4, 6, 8), 24, True),  # N >= K: as grad.T @ x
         ((2, 3, 5, 16), 16, False),
         ((392, 64), 192, True),

@@ -55,14 +55,32 @@ def _reduced_precision_cpu(x: torch.Tensor) -> torch.dtype | None:
     return dtype if torch.is_autocast_enabled("cpu") and dtype in _REDUCED else None
 
 
+class _Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` (its parameters, keys and hooks) whose reduced-precision CPU calls cast the
+    weight straight into channels-last.
+
+    oneDNN runs a convolution of channels-last input with a channels-last weight: fed autocast's
+    contiguous bf16 copy, it copied that into channels-last again, forward and backward. One copy
+    now casts and changes the layout, as ``.to(dtype, memory_format=...)`` does; the results are
+    the same to the bit (``tests/models/test_architecture.py``).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = _reduced_precision_cpu(x)
+        if dtype is None:
+            return super().forward(x)
+        weight = self.weight.to(dtype, memory_format=torch.channels_last)
+        return self._conv_forward(x, weight, None if self.bias is None else self.bias.to(dtype))
+
+
 class ConvTokenizer(nn.Module):
     """Two 3x3 stride-2 convs and a LayerNorm: ``[B, C_in, H, W]`` -> ``[B, H/4, W/4, C]``."""
 
     def __init__(self, in_chans: int, embed_dim: int, norm_layer: type[nn.Module]) -> None:
         super().__init__()
         self.proj = nn.Sequential(
-            nn.Conv2d(in_chans, embed_dim // 2, kernel_size=3, stride=2, padding=1),
-            nn.Conv2d(embed_dim // 2, embed_dim, kernel_size=3, stride=2, padding=1),
+            _Conv2d(in_chans, embed_dim // 2, kernel_size=3, stride=2, padding=1),
+            _Conv2d(embed_dim // 2, embed_dim, kernel_size=3, stride=2, padding=1),
         )
         self.norm = norm_layer(embed_dim)
 
@@ -88,7 +106,7 @@ class ConvDownsampler(nn.Module):
 
     def __init__(self, dim: int, norm_layer: type[nn.Module]) -> None:
         super().__init__()
-        self.reduction = nn.Conv2d(dim, 2 * dim, kernel_size=3, stride=2, padding=1, bias=False)
+        self.reduction = _Conv2d(dim, 2 * dim, kernel_size=3, stride=2, padding=1, bias=False)
         self.norm = norm_layer(2 * dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

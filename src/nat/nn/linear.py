@@ -246,6 +246,12 @@ def _pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None)
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
+_MANY_ROWS = 4096
+"""Rows (tokens) from which :class:`_BFloat16Linear`'s weight gradient may take the transposed
+orientation: NAT-Tiny's levels 1 and 2 at batch 8 have 25088 and 6272, levels 3 and 4 1568 and
+392."""
+
+
 class _BFloat16Linear(torch.autograd.Function):
     """``x @ weight.T + bias`` of bfloat16 tensors in oneDNN, bias inside the product (module
     docstring). The backward is made of differentiable ops, so double backward works.
@@ -268,10 +274,14 @@ class _BFloat16Linear(torch.autograd.Function):
         dw = None
         if ctx.needs_input_grad[1]:
             inputs = x.reshape(-1, x.shape[-1])
-            # oneDNN ran this product faster with the wider of N and K as the output's rows
-            # (bf16, 25088 rows, NAT-Tiny's level 1: grad.T @ x took 1.05 against 1.20 ms with
-            # N = 192, K = 64; (x.T @ grad).T 1.08 against 1.47 with N = 64, K = 192).
-            wide = rows.shape[1] >= inputs.shape[1]
+            # With many rows, oneDNN ran this product faster with the wider of N and K as the
+            # output's rows (bf16, 25088 rows, NAT-Tiny's level 1: grad.T @ x took 1.05 against
+            # 1.20 ms with N = 192, K = 64; (x.T @ grad).T 1.08 against 1.47 with N = 64,
+            # K = 192). The transposed result costs a layout copy later (AccumulateGrad keeps
+            # the weight's layout), and with few rows grad.T @ x won either way: at 392 rows
+            # (N = 512, K = 1536) 0.84-0.90 against 1.48-1.59 ms with the float32 cast and the
+            # copy (docs/benchmarks.md, round twenty).
+            wide = rows.shape[1] >= inputs.shape[1] or rows.shape[0] < _MANY_ROWS
             dw = rows.t() @ inputs if wide else (inputs.t() @ rows).t()
         db = rows.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return dx, dw, db
