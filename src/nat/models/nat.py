@@ -28,7 +28,7 @@ from timm.models import (
 from timm.models._features import feature_take_indices
 from torch import nn
 
-from ..nn import Linear, NeighborhoodAttention2D, use_nat_linear
+from ..nn import LayerNorm, Linear, NeighborhoodAttention2D, use_nat_linear
 
 __all__ = ["NAT", "NATBackbone", "NATBlock", "NATLevel", "NATTrunk", "checkpoint_filter_fn"]
 
@@ -53,6 +53,12 @@ def _reduced_precision_cpu(x: torch.Tensor) -> torch.dtype | None:
         return x.dtype
     dtype = torch.get_autocast_dtype("cpu")
     return dtype if torch.is_autocast_enabled("cpu") and dtype in _REDUCED else None
+
+
+def _norm_layer(norm_layer: Callable[[int], nn.Module]) -> Callable[[int], nn.Module]:
+    """``nn.LayerNorm`` (the default) as :class:`nat.nn.LayerNorm`: the same module and keys,
+    its CPU bfloat16 calls (all of them under CPU autocast) in one pass of the C++ kernel."""
+    return LayerNorm if norm_layer is nn.LayerNorm else norm_layer
 
 
 class _Conv2d(nn.Conv2d):
@@ -82,7 +88,7 @@ class ConvTokenizer(nn.Module):
             _Conv2d(in_chans, embed_dim // 2, kernel_size=3, stride=2, padding=1),
             _Conv2d(embed_dim // 2, embed_dim, kernel_size=3, stride=2, padding=1),
         )
-        self.norm = norm_layer(embed_dim)
+        self.norm = _norm_layer(norm_layer)(embed_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if isinstance(x, torch.fx.Proxy):
@@ -107,7 +113,7 @@ class ConvDownsampler(nn.Module):
     def __init__(self, dim: int, norm_layer: type[nn.Module]) -> None:
         super().__init__()
         self.reduction = _Conv2d(dim, 2 * dim, kernel_size=3, stride=2, padding=1, bias=False)
-        self.norm = norm_layer(2 * dim)
+        self.norm = _norm_layer(norm_layer)(2 * dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.reduction(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
@@ -133,6 +139,7 @@ class NATBlock(nn.Module):
         layer_scale: float | None = None,
     ) -> None:
         super().__init__()
+        norm_layer = _norm_layer(norm_layer)
         self.norm1 = norm_layer(dim)
         self.attn = NeighborhoodAttention2D(
             dim,
@@ -482,7 +489,7 @@ class NAT(NATTrunk):
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.num_features = self.head_hidden_size = embed_dim * 2 ** (self.num_levels - 1)
-        self.norm = norm_layer(self.num_features)
+        self.norm = _norm_layer(norm_layer)(self.num_features)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.feature_info = _feature_info(embed_dim, depths)
@@ -618,7 +625,7 @@ class NATBackbone(NATTrunk):
             if i not in out_indices and hasattr(self, name):
                 delattr(self, name)
             elif i in out_indices and not hasattr(self, name):
-                self.add_module(name, self.norm_layer(self.embed_dim * 2**i))
+                self.add_module(name, _norm_layer(self.norm_layer)(self.embed_dim * 2**i))
         return self
 
     def _frozen_modules(self) -> list[nn.Module]:
