@@ -6,8 +6,8 @@ rows with float32 weight and bias into bfloat16 (float32 inside). :class:`LayerN
 these in ``nat.ops.cpu``'s ``layer_norm_bf16``: each row's mean and variance in float32, the
 affine normalisation in float32, the result rounded once to nearest even; its backward returns
 the input's gradient in bfloat16 and float32 weight and bias gradients. On a Zen 5 EPYC (2
-threads) it took 0.25 against ATen's 0.86 ms at NAT-Tiny's level 1 ([25088, 64] rows, batch 8),
-and 0.22 against 0.78 backward (``docs/benchmarks.md``, round twenty). Float32 rows under CPU
+threads) it took 0.32 against ATen's 0.79 ms at NAT-Tiny's level 1 ([25088, 64] rows, batch 8),
+and 0.25 against 0.62 backward (``docs/benchmarks.md``, round twenty). Float32 rows under CPU
 autocast to bfloat16 (a model whose stream stays float32) come back as bfloat16 too, the cast a
 linear after the norm would make (``nn.LayerNorm`` returns float32 there).
 

@@ -1435,8 +1435,8 @@ std::vector<torch::Tensor> na_backward(
 
 // ---- LayerNorm into bfloat16 ------------------------------------------------------------------
 // Under CPU autocast to bf16, ATen's LayerNorm of bf16 rows (with float32 weight and bias) took
-// 0.86 ms forward and 0.78 backward at NAT-Tiny's level 1 ([25088, 64], Zen 5 EPYC, 2 threads),
-// a float32 norm and the cast a linear after it makes 0.60 and 0.41. layer_norm_bf16 normalises
+// 0.79 ms forward and 0.62 backward at NAT-Tiny's level 1 ([25088, 64], Zen 5 EPYC, 2 threads);
+// this kernel 0.32 and 0.25 (docs/benchmarks.md, round twenty). layer_norm_bf16 normalises
 // float32 or bf16 rows into bf16 in one pass: each row's mean and variance in float32 (two passes
 // over the row, in L1), the affine normalisation in float32, the result rounded once to nearest
 // even. The backward takes the bf16 output gradient and returns the input's gradient in the
